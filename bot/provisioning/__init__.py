@@ -1,0 +1,1 @@
+"""The seam between the bot and the script on the instance."""

@@ -1,0 +1,215 @@
+"""Operator settings, read from the environment and ``.env`` (pydantic-settings).
+
+The environment names are contracts: operators and other tools rely on them, keep them exact.
+Secrets are ``SecretStr`` and never printed. ``missing_for(command)`` lists every setting a
+command lacks at once, each with what it is for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.durations import parse_duration
+from bot.provisioning.contract import DEFAULT_LOG_PATH
+
+Duration = Annotated[float, Field(ge=0)]
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid. ``problems`` holds one readable line per setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# What each setting is for: shown when it is missing and used to write .env.example.
+SETTING_HELP: dict[str, str] = {
+    "DISCORD_TOKEN": "the bot token from the Discord developer portal (Bot > Reset Token)",
+    "DISCORD_GUILD_ID": "the id of the Discord server the slash commands are registered in",
+    "NOTIFY_CHANNEL_ID": "the channel where the watcher posts milestones, findings and receipts",
+    "APPROVER_ROLE_ID": "the role whose members may approve rentals and teardowns",
+    "VAST_API_KEY": "a Vast.ai API key (console.vast.ai > Account > API Keys)",
+    "VAST_API_URL": "the Vast.ai API base URL",
+    "VAST_BACKEND": "'vast' for the real Vast.ai API, 'sim' for the built-in simulator (no spend)",
+    "DATABASE_PATH": "the SQLite file holding rentals, events and approvals",
+    "SSH_KEY_PATH": "the private SSH key registered on the Vast.ai account, used to read logs",
+    "PROVISION_SCRIPT_URL": "the URL of the provisioning script the instances run (deploy/provision.sh)",
+    "PROVISION_SCRIPT_SHA256": "optional SHA-256 pin of the provisioning script",
+    "PROVISION_LOG_PATH": "where the provisioning script writes its log on the instance (also read by the watcher)",
+    "EXCLUDED_COUNTRIES": "comma-separated country codes never rented from",
+    "MAX_PRICE_PER_HOUR": "the highest $/h an offer may cost",
+    "POLL_INTERVAL": "how often each rental is polled (90s, 10m, 1h or seconds)",
+}
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings. Field names map 1:1 to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_guild_id: int | None = Field(default=None, gt=0)
+    notify_channel_id: int | None = Field(default=None, gt=0)
+    approver_role_id: int | None = Field(default=None, gt=0)
+
+    # Vast
+    vast_api_key: SecretStr | None = None
+    vast_api_url: str = "https://console.vast.ai"
+    vast_backend: Literal["vast", "sim"] = "vast"
+
+    # Storage and SSH
+    database_path: Path = Path("data/vastops.db")
+    ssh_key_path: Path | None = None
+
+    # Provisioning contract
+    provision_script_url: str | None = None
+    provision_script_sha256: str | None = None
+    provision_log_path: str = DEFAULT_LOG_PATH
+    docker_image: str = "vastai/comfyui:@vastai-automatic-tag"
+    disk_gb: int = Field(default=80, ge=10, le=2000)
+    hf_token: SecretStr | None = None
+    civitai_token: SecretStr | None = None
+
+    # Offer policy
+    excluded_countries: Annotated[list[str], NoDecode] = ["CN", "UA"]
+    max_price_per_hour: float = Field(default=1.0, gt=0, le=200)
+    min_reliability: float = Field(default=0.95, ge=0, le=1)
+
+    # Watch policy (durations accept 90s / 10m / 1h / seconds)
+    poll_interval: Duration = 15.0
+    ssh_boot_grace: Duration = 180.0
+    stall_timeout: Duration = 300.0
+    container_running_deadline: Duration = 1800.0
+    ssh_ready_deadline: Duration = 600.0
+    provisioning_started_deadline: Duration = 600.0
+    comfyui_ready_deadline: Duration = 2700.0
+    provision_deadline: Duration = 3600.0
+    rental_dollar_cap: float = Field(default=5.0, gt=0)
+    cost_step: float = Field(default=0.25, gt=0)
+    teardown_policy: Literal["destroy", "propose"] = "propose"
+    proposal_timeout: Duration = 600.0
+
+    # Approvals
+    approval_timeout: Duration = 1800.0
+    self_approve_max_price: float = Field(default=0.5, ge=0)
+
+    @field_validator(
+        "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
+        "notify_channel_id", "approver_role_id", "ssh_key_path", "provision_script_url",
+        "provision_script_sha256", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return _blank_to_none(value)
+
+    @field_validator(
+        "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
+        "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
+        "provision_deadline", "proposal_timeout", "approval_timeout", mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_floor(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s so the bot does not hammer the Vast API")
+        return value
+
+    @field_validator("excluded_countries", mode="before")
+    @classmethod
+    def _countries(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        items = value.split(",") if isinstance(value, str) else list(value)
+        codes = [str(item).strip().upper() for item in items if str(item).strip()]
+        for code in codes:
+            if not re.fullmatch(r"[A-Z]{2}", code):
+                raise ValueError(f"{code!r} is not a two-letter country code (e.g. CN,UA)")
+        return codes
+
+    @field_validator("provision_script_sha256")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 hexadecimal characters (the output of sha256sum)")
+        return value
+
+    @field_validator("provision_script_url", "vast_api_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value.count("/") <= 3 else value
+
+    @field_validator("provision_log_path")
+    @classmethod
+    def _abs_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "\n\r\0 '\"$`"):
+            raise ValueError("must be an absolute path on the instance without spaces or quotes")
+        return value
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def is_sim(self) -> bool:
+        return self.vast_backend == "sim"
+
+    def secret_values(self) -> dict[str, str]:
+        """Every secret the bot holds, by setting name, for redaction."""
+        out: dict[str, str] = {}
+        for name in ("discord_token", "vast_api_key", "hf_token", "civitai_token"):
+            secret = getattr(self, name)
+            if secret is not None and secret.get_secret_value():
+                out[name.upper()] = secret.get_secret_value()
+        return out
+
+    def missing_for(self, command: str) -> list[tuple[str, str]]:
+        """(setting, what it is for) for each setting ``command`` needs but lacks."""
+        need: list[str] = []
+        if command == "run" or (command == "check" and not self.is_sim):
+            need += ["DISCORD_TOKEN", "DISCORD_GUILD_ID", "NOTIFY_CHANNEL_ID", "APPROVER_ROLE_ID"]
+        if command in ("run", "check") and not self.is_sim:
+            need += ["VAST_API_KEY", "SSH_KEY_PATH", "PROVISION_SCRIPT_URL"]
+        if command in ("status",) and not self.is_sim:
+            need += ["VAST_API_KEY"]
+        return [(n, SETTING_HELP[n]) for n in need if getattr(self, n.lower()) is None]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings or raise ``ConfigError`` listing every invalid value (never the value)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {msg}")
+        raise ConfigError(problems) from None
