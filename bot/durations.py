@@ -39,7 +39,7 @@ def parse_duration(value: str | float | int) -> float:
 
 def format_duration(seconds: float) -> str:
     """``3725`` -> ``1h02m05s``; ``42`` -> ``42s``."""
-    seconds = int(round(max(0.0, seconds)))
+    seconds = round(max(0.0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     if h:

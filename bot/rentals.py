@@ -1,0 +1,319 @@
+"""Rent, approve and destroy: the business rules behind /rent, the approval buttons and /destroy.
+
+No Discord in here: the cogs and the demo both call ``RentalService``. Authorization facts that
+only Discord knows (does the clicker hold the approver role?) come in as plain booleans.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from bot.clock import Clock
+from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
+from bot.db.store import Store
+from bot.settings import Settings
+from bot.vast.client import VastClient
+from bot.vast.errors import VastError, VastUnavailableOffer
+from bot.vast.models import Offer, OfferQuery
+from bot.watch.engine import EV_APPROVAL, EV_STATE, WatchEngine
+
+log = logging.getLogger(__name__)
+
+Preflight = Callable[[Settings], Awaitable[Any]]
+
+
+class DecisionResult(StrEnum):
+    """What happened to a click on an approval button (the cog turns it into words)."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    ALREADY_DECIDED = "already_decided"
+    EXPIRED = "expired"
+    NOT_ALLOWED = "not_allowed"
+    SELF_APPROVAL_TOO_DEAR = "self_approval_too_dear"
+    REQUOTED = "requoted"
+    OFFER_GONE = "offer_gone"
+    PREFLIGHT_FAILED = "preflight_failed"
+    CREATE_FAILED = "create_failed"
+    NOT_FOUND = "not_found"
+
+
+@dataclass
+class Decision:
+    result: DecisionResult
+    approval: Approval | None = None
+    rental: Rental | None = None
+    message: str = ""
+
+
+def may_decide(
+    approval: Approval, *, user_id: int, is_approver: bool, self_approve_max_price: float
+) -> DecisionResult | None:
+    """The approval rules, checked at click time. ``None`` means the user may decide.
+
+    Fail closed: only holders of the approver role decide; a requester may approve their own
+    rent request only up to ``self_approve_max_price`` $/h (they may always deny/cancel it).
+    """
+    if not is_approver:
+        return DecisionResult.NOT_ALLOWED
+    if approval.kind == ApprovalKind.RENT and approval.requester_id == user_id:
+        price = float(approval.payload.get("quoted_dph", 0.0))
+        if price > self_approve_max_price:
+            return DecisionResult.SELF_APPROVAL_TOO_DEAR
+    return None
+
+
+class RentalService:
+    """Creates rent requests, decides approvals and destroys rentals."""
+
+    def __init__(self, *, store: Store, vast: VastClient, clock: Clock, settings: Settings,
+                 engine: WatchEngine, preflight: Preflight | None = None) -> None:
+        self.store = store
+        self.vast = vast
+        self.clock = clock
+        self.settings = settings
+        self.engine = engine
+        self.preflight = preflight
+
+    # ------------------------------------------------------------------ search
+    def query(self, *, gpu: str | None = None, num_gpus: int = 1, min_vram_gb: float | None = None,
+              max_dph: float | None = None, disk_gb: int | None = None,
+              excluded_countries: list[str] | None = None, limit: int = 10) -> OfferQuery:
+        return OfferQuery(
+            gpu_names=[gpu] if gpu else None, num_gpus=num_gpus, min_vram_gb=min_vram_gb,
+            max_dph=min(max_dph, self.settings.max_price_per_hour) if max_dph else self.settings.max_price_per_hour,
+            min_reliability=self.settings.min_reliability, disk_gb=disk_gb or self.settings.disk_gb,
+            excluded_countries=(self.settings.excluded_countries if excluded_countries is None
+                                else sorted(set(excluded_countries) | set(self.settings.excluded_countries))),
+            limit=limit,
+        )
+
+    async def search(self, query: OfferQuery) -> list[Offer]:
+        avoid = await self.store.machines_to_avoid(since=self.clock.now() - 7 * 86400)
+        if avoid:
+            query = query.model_copy(update={"excluded_machines": sorted(set(query.excluded_machines) | set(avoid))})
+        return await self.vast.search_offers(query)
+
+    # ------------------------------------------------------------------ request
+    async def request(self, offer: Offer, *, requester_id: int, requester_name: str,
+                      query: OfferQuery | None = None) -> tuple[Rental, Approval]:
+        """Create a rental awaiting approval, bound to this exact offer id and quoted $/h."""
+        now = self.clock.now()
+        label = f"vastops-{secrets.token_hex(4)}"
+        rental = await self.store.create_rental(
+            label=label, requester_id=requester_id, requester_name=requester_name, offer_id=offer.id,
+            quoted_dph=offer.dph_total, now=now, state=RentalState.AWAITING_APPROVAL,
+            machine_id=offer.machine_id, host_id=offer.host_id, gpu_name=offer.gpu_name,
+            num_gpus=offer.num_gpus, geolocation=offer.geolocation,
+            request={"offer": offer.model_dump(mode="json"),
+                     "query": query.model_dump(mode="json") if query else None},
+        )
+        approval = await self.store.create_approval(
+            kind=ApprovalKind.RENT, requester_id=requester_id, rental_id=rental.id, now=now,
+            expires_at=now + self.settings.approval_timeout,
+            payload=_quote_payload(offer, requester_name),
+        )
+        await self.engine.emit(rental, EV_APPROVAL, {
+            "approval_id": approval.id, "kind": "rent", "status": "pending",
+            "quoted_dph": offer.dph_total, "offer_id": offer.id,
+        })
+        return rental, approval
+
+    # ------------------------------------------------------------------ decide
+    async def decide(self, approval_id: int, *, approve: bool, user_id: int, user_name: str,
+                     is_approver: bool) -> Decision:
+        """Handle one click. At most once: the store's conditional update picks a single winner."""
+        approval = await self.store.get_approval(approval_id)
+        if approval is None:
+            return Decision(DecisionResult.NOT_FOUND, message="This request no longer exists.")
+        rental = await self.store.get_rental(approval.rental_id) if approval.rental_id else None
+        now = self.clock.now()
+        if approval.status != ApprovalStatus.PENDING:
+            return Decision(DecisionResult.ALREADY_DECIDED, approval, rental,
+                            f"Already {approval.status.value}" + (f" by {approval.decided_by_name}."
+                                                                  if approval.decided_by_name else "."))
+        if approval.expires_at <= now:
+            return Decision(DecisionResult.EXPIRED, approval, rental, "This request has expired.")
+        # A requester may withdraw their own rent request without the approver role.
+        withdrawing = (not approve and approval.kind == ApprovalKind.RENT and approval.requester_id == user_id)
+        if not withdrawing:
+            refusal = may_decide(approval, user_id=user_id, is_approver=is_approver,
+                                 self_approve_max_price=self.settings.self_approve_max_price)
+            if refusal is not None:
+                return Decision(refusal, approval, rental, _refusal_text(refusal, self.settings))
+
+        if approval.kind == ApprovalKind.TEARDOWN:
+            return await self._decide_teardown(approval, rental, approve=approve, user_id=user_id,
+                                               user_name=user_name)
+        if not approve:
+            won = await self.store.decide_approval(approval.id, status=ApprovalStatus.DENIED, by_id=user_id,
+                                                   by_name=user_name, now=now)
+            if not won:
+                return await self._lost(approval_id)
+            if rental is not None:
+                await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=now,
+                                                   expected=[RentalState.AWAITING_APPROVAL],
+                                                   reason=f"denied by {user_name}")
+                await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                                                             "status": "denied", "by": user_name})
+            return Decision(DecisionResult.DENIED, await self.store.get_approval(approval.id), rental,
+                            f"Denied by {user_name}.")
+        return await self._approve_rent(approval, rental, user_id=user_id, user_name=user_name)
+
+    async def _lost(self, approval_id: int) -> Decision:
+        approval = await self.store.get_approval(approval_id)
+        status = approval.status.value if approval else "decided"
+        by = f" by {approval.decided_by_name}" if approval and approval.decided_by_name else ""
+        return Decision(DecisionResult.ALREADY_DECIDED, approval, None, f"Already {status}{by}.")
+
+    async def _approve_rent(self, approval: Approval, rental: Rental | None, *, user_id: int,
+                            user_name: str) -> Decision:
+        assert rental is not None
+        quoted = float(approval.payload["quoted_dph"])
+        offer_id = int(approval.payload["offer_id"])
+        # Re-check the exact offer: gone or dearer means a new quote, never a different machine.
+        try:
+            current = await self.vast.search_offers(OfferQuery(offer_ids=[offer_id], limit=5,
+                                                               excluded_countries=self.settings.excluded_countries))
+        except VastError as exc:
+            return Decision(DecisionResult.CREATE_FAILED, approval, rental,
+                            f"Could not re-check the offer with Vast ({exc}); nothing was rented. Try again.")
+        offer = next((o for o in current if o.id == offer_id), None)
+        now = self.clock.now()
+        if offer is None:
+            await self.store.decide_approval(approval.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
+                                             by_name=user_name, now=now, note="offer gone")
+            await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
+                                               expected=[RentalState.AWAITING_APPROVAL], reason="offer gone")
+            await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                                                         "status": "offer_gone"})
+            return Decision(DecisionResult.OFFER_GONE, approval, rental,
+                            "The offer was rented by someone else; nothing was rented. Run /rent again.")
+        if offer.dph_total > quoted + 1e-9:
+            requoted = await self.store.requote_approval(
+                approval.id, payload=_quote_payload(offer, str(approval.payload.get("requester_name", ""))),
+                now=now, expires_at=now + self.settings.approval_timeout,
+            )
+            await self.store.update_rental(rental.id, now=now, quoted_dph=offer.dph_total)
+            await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                                                         "status": "requoted", "quoted_dph": offer.dph_total,
+                                                         "previous_dph": quoted})
+            return Decision(DecisionResult.REQUOTED, requoted, rental,
+                            f"The price went up from ${quoted:.3f}/h to ${offer.dph_total:.3f}/h: "
+                            "approve the new quote to rent.")
+        if self.preflight is not None:
+            report = await self.preflight(self.settings)
+            if not report.ok:
+                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if c.status == "fail")
+                return Decision(DecisionResult.PREFLIGHT_FAILED, approval, rental,
+                                f"Preflight failed, nothing was rented: {failed}")
+        won = await self.store.decide_approval(approval.id, status=ApprovalStatus.APPROVED, by_id=user_id,
+                                               by_name=user_name, now=now)
+        if not won:
+            return await self._lost(approval.id)
+        moved = await self.store.transition_rental(rental.id, to=RentalState.CREATING, now=now,
+                                                   expected=[RentalState.AWAITING_APPROVAL],
+                                                   reason=f"approved by {user_name}")
+        if not moved:
+            return await self._lost(approval.id)
+        rental = await self.store.get_rental(rental.id) or rental
+        await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                                                     "status": "approved", "by": user_name})
+        return await self._create(rental, approval, offer)
+
+    async def _create(self, rental: Rental, approval: Approval, offer: Offer) -> Decision:
+        from bot.provisioning.onstart import build_launch
+
+        now = self.clock.now()
+        try:
+            launch = build_launch(self.settings, run_id=rental.label, label=rental.label)
+            created = await self.vast.create_instance(
+                offer.id, image=launch.image, disk_gb=launch.disk_gb, label=rental.label,
+                env=launch.env, onstart=launch.onstart, runtype=launch.runtype,
+            )
+        except (VastError, ValueError) as exc:
+            reason = str(exc)
+            await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED, now=now, reason=reason)
+            await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "create_failed", "reason": reason})
+            gone = isinstance(exc, VastUnavailableOffer)
+            result = DecisionResult.OFFER_GONE if gone else DecisionResult.CREATE_FAILED
+            return Decision(result, approval, rental, f"Vast did not create the instance: {reason}")
+        instance_id = created if isinstance(created, int) else created.id
+        rental = await self.store.update_rental(rental.id, now=now, instance_id=instance_id, started_at=now,
+                                                dph_total=offer.dph_total)
+        await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now,
+                                           expected=[RentalState.CREATING], reason=f"instance {instance_id}")
+        rental = await self.store.get_rental(rental.id) or rental
+        await self.engine.attach(rental)
+        await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "provisioning",
+                                                  "reason": f"instance {instance_id} created",
+                                                  "instance_id": instance_id})
+        return Decision(DecisionResult.APPROVED, await self.store.get_approval(approval.id), rental,
+                        f"Approved; instance {instance_id} is being created.")
+
+    async def _decide_teardown(self, approval: Approval, rental: Rental | None, *, approve: bool,
+                               user_id: int, user_name: str) -> Decision:
+        now = self.clock.now()
+        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
+        won = await self.store.decide_approval(approval.id, status=status, by_id=user_id, by_name=user_name, now=now)
+        if not won:
+            return await self._lost(approval.id)
+        if rental is None:
+            return Decision(DecisionResult.NOT_FOUND, approval, None, "The rental no longer exists.")
+        await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "teardown",
+                                                     "status": status.value, "by": user_name})
+        if approve:
+            await self.engine.destroy(rental.id, reason=str(approval.payload.get("reason", "teardown approved")),
+                                      by=user_name)
+            return Decision(DecisionResult.APPROVED, approval, rental, f"Teardown approved by {user_name}.")
+        await self.engine.decline_teardown(rental.id, by=user_name)
+        return Decision(DecisionResult.DENIED, approval, rental, f"Kept running by {user_name}.")
+
+    # ------------------------------------------------------------------ destroy
+    async def destroy(self, rental_id: int, *, user_id: int, user_name: str, is_approver: bool,
+                      reason: str | None) -> Decision:
+        """Destroy now. Someone else's rental needs the approver role."""
+        rental = await self.store.get_rental(rental_id)
+        if rental is None:
+            return Decision(DecisionResult.NOT_FOUND, message=f"No rental #{rental_id}.")
+        if rental.requester_id != user_id and not is_approver:
+            return Decision(DecisionResult.NOT_ALLOWED, rental=rental,
+                            message="Only an approver may destroy someone else's rental.")
+        if rental.state in (RentalState.DESTROYED, RentalState.DENIED, RentalState.EXPIRED,
+                            RentalState.CREATE_FAILED):
+            return Decision(DecisionResult.ALREADY_DECIDED, rental=rental,
+                            message=f"Rental #{rental.id} is already {rental.state.value}.")
+        if rental.state == RentalState.AWAITING_APPROVAL:
+            await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=self.clock.now(),
+                                               reason=f"withdrawn by {user_name}")
+            return Decision(DecisionResult.DENIED, rental=rental, message="Request withdrawn; nothing was rented.")
+        text = reason or f"destroyed by {user_name}"
+        ok = await self.engine.destroy(rental.id, reason=text, by=user_name)
+        rental = await self.store.get_rental(rental.id) or rental
+        if not ok:
+            return Decision(DecisionResult.CREATE_FAILED, rental=rental,
+                            message="Vast has not confirmed the instance is gone yet; the bot keeps trying.")
+        return Decision(DecisionResult.APPROVED, rental=rental, message=f"Rental #{rental.id} destroyed.")
+
+
+def _quote_payload(offer: Offer, requester_name: str) -> dict[str, Any]:
+    return {
+        "offer_id": offer.id, "quoted_dph": offer.dph_total, "gpu_name": offer.gpu_name,
+        "num_gpus": offer.num_gpus, "vram_gb": round(offer.vram_gb, 1), "country": offer.country,
+        "geolocation": offer.geolocation, "reliability": offer.reliability, "inet_down": offer.inet_down,
+        "machine_id": offer.machine_id, "requester_name": requester_name,
+    }
+
+
+def _refusal_text(result: DecisionResult, settings: Settings) -> str:
+    if result == DecisionResult.NOT_ALLOWED:
+        return "Only members with the approver role can decide this."
+    if result == DecisionResult.SELF_APPROVAL_TOO_DEAR:
+        return (f"You cannot approve your own request above ${settings.self_approve_max_price:.2f}/h; "
+                "ask another approver.")
+    return "Not allowed."

@@ -1,0 +1,842 @@
+"""The provision watch engine: one poll loop over every live rental.
+
+Each poll lists the account's instances once (one paginated call per 25 instances), then for
+each rental: instance milestones, an incremental SSH tail of ``PROVISION_LOG_PATH`` (or the
+container-log API when SSH is unreachable past the boot grace), classification, deadlines,
+cost-to-date and, when something is conclusive, a teardown decision. Every event is stored with
+a per-rental sequence number *before* it is handed to the notifier, and marked once delivered,
+so a restart neither loses nor repeats a post. The engine knows nothing about Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.clock import Clock
+from bot.db.models import ApprovalKind, Event, Rental, RentalState
+from bot.db.store import Store
+from bot.durations import format_duration
+from bot.settings import Settings
+from bot.vast.client import VastClient
+from bot.vast.errors import VastError
+from bot.vast.models import Instance
+from bot.watch.analysis import RunAnalysis
+from bot.watch.classifier import Classifier, load_rules
+from bot.watch.cost import CostMeter
+from bot.watch.lines import LineAssembler
+from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
+from bot.watch.redact import Redactor
+from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, endpoint_for
+
+log = logging.getLogger(__name__)
+
+# States in which the engine keeps an eye on a rental (it may be billing).
+WATCHED_STATES = (
+    RentalState.CREATING,
+    RentalState.PROVISIONING,
+    RentalState.READY,
+    RentalState.DEGRADED,
+    RentalState.FAILED,
+    RentalState.TEARING_DOWN,
+)
+
+# Event kinds (a contract with the notifiers: the Discord watcher and the terminal demo).
+EV_STATE = "state"
+EV_MILESTONE = "milestone"
+EV_FINDING = "finding"
+EV_NOISE = "noise_summary"
+EV_COST = "cost"
+EV_VERDICT = "verdict"
+EV_DECISION = "decision"
+EV_PROPOSAL = "teardown_proposed"
+EV_RECEIPT = "receipt"
+EV_LOG_ROTATED = "log_rotated"
+EV_INFO = "info"
+EV_APPROVAL = "approval"
+
+
+class Notifier(Protocol):
+    """Delivers stored events somewhere (a Discord channel, a terminal). Raise to retry later."""
+
+    async def notify(self, rental: Rental, event: Event) -> None: ...
+
+
+class SshConnector(Protocol):
+    """Opens an SSH log session to an instance (``bot.watch.ssh.SshLogSession.connect``)."""
+
+    async def __call__(self, endpoint: Any, *, key_path: Path, known_host_key: str | None,
+                       connect_timeout: float) -> Any: ...
+
+
+@dataclass
+class WatchPolicy:
+    """The timing and money rules of a watch, from settings."""
+
+    poll_interval: float = 15.0
+    ssh_boot_grace: float = 180.0
+    stall_timeout: float = 300.0
+    container_running_deadline: float = 1800.0
+    ssh_ready_deadline: float = 600.0
+    provisioning_started_deadline: float = 600.0
+    comfyui_ready_deadline: float = 2700.0
+    provision_deadline: float = 3600.0
+    rental_dollar_cap: float = 5.0
+    cost_step: float = 0.25
+    teardown_policy: str = "destroy"
+    proposal_timeout: float = 600.0
+    log_path: str = "/workspace/vastops/provision.log"
+    ssh_key_path: Path | None = None
+    connect_timeout: float = 10.0
+    log_missing_grace: float | None = None  # default: two polls
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> WatchPolicy:
+        values = {
+            name: getattr(settings, name)
+            for name in (
+                "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
+                "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
+                "provision_deadline", "rental_dollar_cap", "cost_step", "teardown_policy",
+                "proposal_timeout",
+            )
+        }
+        values["log_path"] = settings.provision_log_path
+        values["ssh_key_path"] = settings.ssh_key_path
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def missing_grace(self) -> float:
+        return self.log_missing_grace if self.log_missing_grace is not None else 2 * self.poll_interval
+
+
+@dataclass
+class WatchMemory:
+    """What a watch must remember across restarts (stored as JSON in watch_state.data)."""
+
+    milestones: dict[str, float] = field(default_factory=dict)
+    lineno: int = 0
+    noise: dict[str, int] = field(default_factory=dict)
+    noise_posted: int = 0
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    last_growth: float | None = None
+    log_missing_since: float | None = None
+    ssh_fail_since: float | None = None
+    ssh_unreachable_reported: bool = False
+    fallback: bool = False
+    fallback_only: bool = False  # SSH refused for good (auth / changed host key)
+    fallback_tail: list[str] = field(default_factory=list)
+    cost_reported: float = 0.0
+    decided: str | None = None  # reason of the teardown decision, once taken
+    declined: list[str] = field(default_factory=list)  # teardown reasons a human declined
+    verdict: str = Verdict.IN_PROGRESS.value
+    comfy_pending: dict[str, Any] | None = None
+    rotations: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> WatchMemory:
+        memory = cls()
+        for key, value in (data or {}).items():
+            if hasattr(memory, key):
+                setattr(memory, key, value)
+        return memory
+
+
+class RentalWatch:
+    """Live state of one rental's watch: the SSH session, line reassembly and analysis."""
+
+    def __init__(self, rental: Rental, memory: WatchMemory, *, log_offset: int, host_key: str | None,
+                 classifier: Classifier, redactor: Redactor) -> None:
+        self.rental = rental
+        self.memory = memory
+        self.log_offset = log_offset
+        self.host_key = host_key
+        self.session: Any = None
+        self.assembler = LineAssembler()
+        self.analysis = RunAnalysis(classifier, redactor)
+        self.next_ssh_attempt = 0.0
+        self.ssh_failures = 0
+        self.instance: Instance | None = None
+        self.lock = asyncio.Lock()
+
+    def reached(self, milestone: Milestone) -> bool:
+        return milestone.value in self.memory.milestones
+
+
+class WatchEngine:
+    """Watches every live rental; emits events; decides and carries out teardowns."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        vast: VastClient,
+        clock: Clock,
+        policy: WatchPolicy,
+        redactor: Redactor | None = None,
+        classifier: Classifier | None = None,
+        ssh_connect: SshConnector | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.store = store
+        self.vast = vast
+        self.clock = clock
+        self.policy = policy
+        self.redactor = redactor or Redactor({})
+        self.classifier = classifier or Classifier(load_rules())
+        if ssh_connect is None:
+            from bot.watch.ssh import SshLogSession
+
+            ssh_connect = SshLogSession.connect
+        self.ssh_connect = ssh_connect
+        self.notifier = notifier
+        self.watches: dict[int, RentalWatch] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._pump_lock = asyncio.Lock()
+        self.on_destroyed: list[Callable[[Rental], Awaitable[None]]] = []
+        self.ticks = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Re-attach every live rental from its stored offset and start the poll loop."""
+        await self.reattach()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="watch-engine")
+
+    async def reattach(self) -> int:
+        for rental in await self.store.list_rentals(states=WATCHED_STATES, limit=10_000):
+            await self.attach(rental)
+        await self.pump()
+        return len(self.watches)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for watch in self.watches.values():
+            await self._close_session(watch)
+
+    async def attach(self, rental: Rental) -> RentalWatch:
+        """Start (or resume) watching ``rental``."""
+        if rental.id in self.watches:
+            self.watches[rental.id].rental = rental
+            return self.watches[rental.id]
+        state = await self.store.get_watch_state(rental.id)
+        memory = WatchMemory.from_json(state.data if state else None)
+        watch = RentalWatch(
+            rental, memory,
+            log_offset=state.log_offset if state else 0,
+            host_key=state.host_key if state else None,
+            classifier=self.classifier, redactor=self.redactor,
+        )
+        self.watches[rental.id] = watch
+        return watch
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a poll must never kill the loop: report and go on
+                log.exception("watch poll failed; retrying at the next interval")
+            await self.clock.sleep(self.policy.poll_interval)
+
+    # ------------------------------------------------------------------ one poll
+    async def tick(self) -> None:
+        """One poll: list instances once, step every watch, expire proposals, deliver events."""
+        self.ticks += 1
+        await self._expire_approvals()
+        if self.watches:
+            try:
+                instances = {inst.id: inst for inst in await self.vast.list_instances()}
+                listed = True
+            except VastError as exc:
+                log.warning("instance list failed: %s", exc)
+                instances, listed = {}, False
+            watches = list(self.watches.values())
+            results = await asyncio.gather(
+                *(self._step_safely(w, instances, listed) for w in watches), return_exceptions=True
+            )
+            for watch, result in zip(watches, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("watch of rental %s failed: %r", watch.rental.id, result)
+        await self.pump()
+
+    async def _step_safely(self, watch: RentalWatch, instances: dict[int, Instance], listed: bool) -> None:
+        async with watch.lock:
+            try:
+                await self._step(watch, instances, listed)
+            finally:
+                await self._save(watch)
+
+    async def _step(self, watch: RentalWatch, instances: dict[int, Instance], listed: bool) -> None:
+        rental = await self.store.get_rental(watch.rental.id)
+        if rental is None or rental.state not in WATCHED_STATES:
+            self.watches.pop(watch.rental.id, None)
+            await self._close_session(watch)
+            return
+        watch.rental = rental
+        now = self.clock.now()
+        if rental.instance_id is None:
+            return  # create still in flight; the rent service attaches again once it has an id
+        inst = instances.get(rental.instance_id)
+        if inst is None and listed:
+            inst = await self._get_instance(rental.instance_id)
+            if inst is None:
+                await self._gone(watch, now)
+                return
+        if inst is None:
+            return  # the list failed this poll; try again next time
+        watch.instance = inst
+
+        if rental.state == RentalState.TEARING_DOWN:
+            await self._destroy(watch, reason=rental.state_reason or "teardown", by="engine (retry)")
+            return
+
+        await self._cost(watch, inst, now)
+        if watch.memory.decided:
+            return
+
+        status = (inst.actual_status or "").lower()
+        await self._milestone(watch, Milestone.INSTANCE_CREATED, {"instance_id": inst.id})
+        if status == "running":
+            await self._milestone(watch, Milestone.CONTAINER_RUNNING, {"status_msg": inst.status_msg})
+            await self._collect(watch, inst, now)
+        elif status in ("exited", "offline", "unknown") and watch.reached(Milestone.CONTAINER_RUNNING):
+            await self._finding(watch, Finding(
+                Category.CONFIG, Severity.FATAL,
+                f"instance status is {status!r}: {inst.status_msg or 'no message'}",
+                "The container stopped. Destroy it and rent again (another host if it repeats).",
+                stops_run=True, rule="engine.container_stopped",
+            ))
+        if not watch.memory.decided:
+            await self._deadlines(watch, now)
+
+    # ------------------------------------------------------------------ collection
+    async def _collect(self, watch: RentalWatch, inst: Instance, now: float) -> None:
+        running_since = watch.memory.milestones.get(Milestone.CONTAINER_RUNNING.value, now)
+        if watch.session is None and now >= watch.next_ssh_attempt and not watch.memory.fallback_only:
+            await self._connect(watch, inst, now, running_since)
+        if watch.session is not None:
+            await self._tail(watch, now)
+            if watch.memory.comfy_pending and watch.session is not None:
+                await self._confirm_comfyui(watch)
+        elif watch.memory.fallback:
+            await self._container_logs(watch, now)
+
+    async def _connect(self, watch: RentalWatch, inst: Instance, now: float, running_since: float) -> None:
+        endpoint = endpoint_for(inst)
+        if endpoint is None:
+            return  # ports not published yet
+        key_path = self.policy.ssh_key_path
+        try:
+            session = await self.ssh_connect(
+                endpoint, key_path=key_path, known_host_key=watch.host_key,
+                connect_timeout=self.policy.connect_timeout,
+            )
+        except HostKeyChanged as exc:
+            await self._finding(watch, Finding(
+                Category.CONFIG, Severity.ERROR, f"SSH host key changed for this instance: {exc}",
+                "Someone may be intercepting the connection. The bot stopped using SSH for this "
+                "instance and reads container logs instead.", rule="engine.host_key_changed",
+            ))
+            watch.memory.fallback = True
+            watch.memory.fallback_only = True
+            return
+        except SshFatal as exc:
+            await self._finding(watch, Finding(
+                Category.AUTH, Severity.ERROR, f"SSH login refused: {exc}",
+                "Add the public half of SSH_KEY_PATH to your Vast account (Account > SSH keys). "
+                "The bot reads container logs meanwhile.", rule="engine.ssh_auth",
+            ))
+            watch.memory.fallback = True
+            watch.memory.fallback_only = True
+            return
+        except SshTransient as exc:
+            watch.ssh_failures += 1
+            if watch.memory.ssh_fail_since is None:
+                watch.memory.ssh_fail_since = now
+            delay = min(self.policy.poll_interval, 2.0 * (2 ** min(watch.ssh_failures, 6)))
+            watch.next_ssh_attempt = now + delay
+            # Refused/reset/timeouts during boot are expected: only past the grace is it news.
+            if now - running_since >= self.policy.ssh_boot_grace and not watch.memory.ssh_unreachable_reported:
+                watch.memory.ssh_unreachable_reported = True
+                watch.memory.fallback = True
+                await self._finding(watch, Finding(
+                    Category.SSH_UNREACHABLE, Severity.WARN,
+                    f"SSH to {endpoint.host}:{endpoint.port} still fails after "
+                    f"{format_duration(now - running_since)} of running: {exc}",
+                    "Reading the container log through the Vast API instead; the watch goes on.",
+                    rule="engine.ssh_unreachable",
+                ))
+            return
+        watch.session = session
+        watch.ssh_failures = 0
+        watch.memory.ssh_fail_since = None
+        seen_key = getattr(session, "host_key", None)
+        if seen_key and seen_key != watch.host_key:
+            watch.host_key = seen_key
+        await self._milestone(watch, Milestone.SSH_READY, {"endpoint": f"{endpoint.host}:{endpoint.port}"})
+
+    async def _tail(self, watch: RentalWatch, now: float) -> None:
+        try:
+            chunk = await watch.session.read_new(self.policy.log_path, watch.log_offset)
+        except SshTransient as exc:
+            log.info("rental %s: SSH read failed (%s); reconnecting next poll", watch.rental.id, exc)
+            await self._close_session(watch)
+            return
+        if chunk.missing:
+            await self._log_missing(watch, now)
+            return
+        watch.memory.log_missing_since = None
+        if watch.memory.last_growth is None:
+            watch.memory.last_growth = now
+        if chunk.rotated:
+            watch.memory.rotations += 1
+            watch.assembler = LineAssembler()
+            await self._emit(watch.rental, EV_LOG_ROTATED, {
+                "path": self.policy.log_path, "previous_offset": watch.log_offset, "size": chunk.size,
+                "text": "the provisioning log shrank (rotated or truncated); reading it again from the start",
+            })
+        watch.log_offset = chunk.new_offset
+        if chunk.data:
+            watch.memory.last_growth = now
+            await self._lines(watch, watch.assembler.feed(chunk.data))
+
+    async def _log_missing(self, watch: RentalWatch, now: float) -> None:
+        if watch.memory.log_missing_since is None:
+            watch.memory.log_missing_since = now
+            return
+        if now - watch.memory.log_missing_since < self.policy.missing_grace:
+            return
+        try:
+            candidates = await watch.session.list_candidate_logs()
+        except SshTransient:
+            await self._close_session(watch)
+            return
+        names = [c if isinstance(c, str) else getattr(c, "path", str(c)) for c in candidates]
+        configured = self.policy.log_path
+        if names:
+            text = (f"PROVISION_LOG_PATH {configured} does not exist on the instance; "
+                    f"logs that do exist: {', '.join(names[:6])}")
+            advice = (f"The script writes {names[0]} but the bot reads {configured}: the script that ran "
+                      "is not ours or ignores PROV_LOG_PATH. Fix the script or PROVISION_LOG_PATH; "
+                      "this instance is not provisioning as intended.")
+            category = Category.CONFIG
+        else:
+            text = f"PROVISION_LOG_PATH {configured} does not exist and no provisioning log is on the instance"
+            advice = "The provisioning script never started. Check PROVISION_SCRIPT_URL with `python -m bot check`."
+            category = Category.SCRIPT_MISSING
+        await self._finding(watch, Finding(category, Severity.FATAL, text, advice, stops_run=True,
+                                           rule="engine.log_missing"), extra={"candidates": names,
+                                                                              "configured": configured})
+
+    async def _container_logs(self, watch: RentalWatch, now: float) -> None:
+        if watch.rental.instance_id is None:
+            return
+        try:
+            text = await self.vast.request_logs(watch.rental.instance_id)
+        except VastError as exc:
+            log.info("rental %s: container logs unavailable: %s", watch.rental.id, exc)
+            return
+        lines = text.splitlines()
+        new = _new_suffix(watch.memory.fallback_tail, lines)
+        watch.memory.fallback_tail = lines[-50:]
+        if new:
+            watch.memory.last_growth = now
+            await self._lines(watch, new)
+
+    async def _lines(self, watch: RentalWatch, lines: Iterable[str]) -> None:
+        for line in lines:
+            watch.memory.lineno += 1
+            outcome = watch.analysis.feed_line(line, watch.memory.lineno)
+            for hit in outcome.milestones:
+                await self._log_milestone(watch, hit)
+            if outcome.finding is not None:
+                finding = outcome.finding
+                if finding.category == Category.PLATFORM_NOISE:
+                    key = finding.category.value
+                    watch.memory.noise[key] = watch.memory.noise.get(key, 0) + 1
+                else:
+                    await self._finding(watch, finding)
+            if watch.memory.decided:
+                break
+        await self._noise_summary(watch)
+        await self._update_verdict(watch)
+
+    async def _log_milestone(self, watch: RentalWatch, hit: MilestoneHit) -> None:
+        if hit.name == Milestone.COMFYUI_READY:
+            # A log line alone is not readiness: confirm /system_stats over SSH first.
+            if not watch.reached(Milestone.COMFYUI_READY):
+                watch.memory.comfy_pending = {"line": hit.line, **hit.detail}
+                if watch.session is not None:
+                    await self._confirm_comfyui(watch)
+            return
+        await self._milestone(watch, hit.name, {"line": hit.line, **hit.detail})
+
+    async def _confirm_comfyui(self, watch: RentalWatch) -> None:
+        pending = watch.memory.comfy_pending or {}
+        ports: tuple[int, ...] = (18188, 8188)
+        if isinstance(pending.get("port"), int | str) and str(pending.get("port")).isdigit():
+            port = int(pending["port"])
+            ports = (port, *[p for p in ports if p != port])
+        try:
+            check = await watch.session.check_comfyui(ports=ports)
+        except SshTransient:
+            await self._close_session(watch)
+            return
+        if check.ok:
+            watch.memory.comfy_pending = None
+            detail = {k: v for k, v in pending.items() if k != "needs_http_check"}
+            detail["confirmed"] = "GET /system_stats answered 200 with devices"
+            await self._milestone(watch, Milestone.COMFYUI_READY, detail)
+            await self._update_verdict(watch)
+
+    # ------------------------------------------------------------------ events
+    async def _milestone(self, watch: RentalWatch, name: Milestone, detail: dict[str, Any]) -> None:
+        if watch.reached(name):
+            return
+        now = self.clock.now()
+        watch.memory.milestones[name.value] = now
+        payload: dict[str, Any] = {"name": name.value, **{k: v for k, v in detail.items() if v is not None}}
+        payload.update(self._progress(watch, now))
+        if name == Milestone.TUNNEL_READY and detail.get("url"):
+            await self.store.update_rental(watch.rental.id, now=now, tunnel_url=str(detail["url"]))
+        if name == Milestone.COMFYUI_READY and detail.get("url"):
+            await self.store.update_rental(watch.rental.id, now=now, comfyui_url=str(detail["url"]))
+        await self._emit(watch.rental, EV_MILESTONE, payload)
+
+    def _progress(self, watch: RentalWatch, now: float) -> dict[str, Any]:
+        start = watch.rental.started_at or watch.rental.created_at
+        cost = self._cost_now(watch, now)
+        return {"elapsed_s": round(now - start, 1), "cost_usd": round(cost, 4)}
+
+    async def _finding(self, watch: RentalWatch, finding: Finding, extra: dict[str, Any] | None = None) -> None:
+        text = self.redactor.redact(finding.text)
+        payload = {
+            **finding.to_dict(), "text": text, "stops_run": finding.stops_run, "rule": finding.rule,
+            **(extra or {}),
+        }
+        watch.memory.findings.append({k: payload[k] for k in ("category", "severity", "line", "text", "stops_run")})
+        await self._emit(watch.rental, EV_FINDING, payload)
+        if finding.stops_run or finding.severity == Severity.FATAL:
+            cause = watch.analysis.cause() if finding.rule and not finding.rule.startswith("engine.") else None
+            await self._decide(watch, reason=finding.category.value, finding=cause or finding)
+
+    async def _noise_summary(self, watch: RentalWatch) -> None:
+        total = sum(watch.memory.noise.values())
+        # Summarise noise as a count, at most once per 25 new lines of it.
+        if total and (watch.memory.noise_posted == 0 or total - watch.memory.noise_posted >= 25):
+            watch.memory.noise_posted = total
+            await self._emit(watch.rental, EV_NOISE, {
+                "counts": dict(watch.memory.noise), "total": total,
+                "text": f"{total} harmless platform line(s) ignored (e.g. 'remote port forwarding failed')",
+            })
+
+    async def _update_verdict(self, watch: RentalWatch) -> None:
+        verdict = self._verdict(watch)
+        if verdict.value == watch.memory.verdict:
+            return
+        watch.memory.verdict = verdict.value
+        now = self.clock.now()
+        if verdict in (Verdict.READY, Verdict.DEGRADED):
+            target = RentalState.READY if verdict == Verdict.READY else RentalState.DEGRADED
+            await self._transition(watch, target, reason=f"verdict {verdict.value}")
+        cause = watch.analysis.cause()
+        await self._emit(watch.rental, EV_VERDICT, {
+            "verdict": verdict.value,
+            "cause": None if cause is None else {"category": cause.category.value, "line": cause.line,
+                                                 "text": self.redactor.redact(cause.text)},
+            **self._progress(watch, now),
+        })
+
+    def _verdict(self, watch: RentalWatch) -> Verdict:
+        if watch.memory.decided:
+            return Verdict.FAILED
+        if not watch.reached(Milestone.COMFYUI_READY):
+            return Verdict.IN_PROGRESS
+        degrading = any(f["severity"] in ("warn", "error") and f["category"] not in ("ssh_unreachable",)
+                        for f in watch.memory.findings)
+        return Verdict.DEGRADED if degrading else Verdict.READY
+
+    async def _cost(self, watch: RentalWatch, inst: Instance, now: float) -> None:
+        dph = inst.dph_total if inst.dph_total is not None else watch.rental.quoted_dph
+        start = inst.start_date or watch.rental.started_at or watch.rental.created_at
+        if watch.rental.dph_total != dph or watch.rental.started_at != start:
+            watch.rental = await self.store.update_rental(watch.rental.id, now=now, dph_total=dph, started_at=start)
+        cost = CostMeter(dph or 0.0, start).cost_at(now)
+        await self.store.add_cost_sample(watch.rental.id, ts=now, dph=dph or 0.0, cost_usd=cost)
+        for step in CostMeter(0, 0).crossed_steps(watch.memory.cost_reported, cost, self.policy.cost_step):
+            await self._emit(watch.rental, EV_COST, {"cost_usd": round(cost, 4), "step": step, "dph": dph,
+                                                     "elapsed_s": round(now - start, 1)})
+        watch.memory.cost_reported = max(watch.memory.cost_reported, cost)
+        if cost >= self.policy.rental_dollar_cap and not watch.memory.decided:
+            await self._finding(watch, Finding(
+                Category.STALLED, Severity.FATAL,
+                f"cost ${cost:.2f} reached the per-rental cap of ${self.policy.rental_dollar_cap:.2f}",
+                "Raise RENTAL_DOLLAR_CAP if this rental should run longer.", stops_run=True,
+                rule="engine.dollar_cap",
+            ))
+
+    def _cost_now(self, watch: RentalWatch, now: float) -> float:
+        rental = watch.rental
+        dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
+        return CostMeter(dph or 0.0, rental.started_at or rental.created_at).cost_at(now)
+
+    async def _deadlines(self, watch: RentalWatch, now: float) -> None:
+        p, m = self.policy, watch.memory.milestones
+        created = watch.rental.started_at or watch.rental.created_at
+        checks: list[tuple[bool, str, str]] = []
+        running = m.get(Milestone.CONTAINER_RUNNING.value)
+        ssh_ready = m.get(Milestone.SSH_READY.value)
+        started = m.get(Milestone.PROVISIONING_STARTED.value)
+        ready = Milestone.COMFYUI_READY.value in m
+        if ready:
+            return
+        checks.append((running is None and now - created >= p.container_running_deadline,
+                       "container_running",
+                       f"the container is not running after {format_duration(now - created)}"))
+        progress_without_ssh = started is not None
+        if running is not None and ssh_ready is None and not progress_without_ssh:
+            checks.append((now - running >= p.ssh_ready_deadline, "ssh_ready",
+                           f"SSH never became reachable in {format_duration(now - running)} of running"))
+        if ssh_ready is not None and started is None:
+            checks.append((now - ssh_ready >= p.provisioning_started_deadline, "provisioning_started",
+                           f"provisioning did not start within {format_duration(now - ssh_ready)} of SSH"))
+        checks.append((now - created >= p.comfyui_ready_deadline, "comfyui_ready",
+                       f"ComfyUI is not ready after {format_duration(now - created)}"))
+        checks.append((now - created >= p.provision_deadline and Milestone.PROVISIONING_COMPLETE.value not in m,
+                       "provision_deadline",
+                       f"provisioning is not complete after {format_duration(now - created)}"))
+        last = watch.memory.last_growth
+        if (last is not None and started is not None and Milestone.PROVISIONING_COMPLETE.value not in m
+                and now - last >= p.stall_timeout):
+            checks.append((True, "stalled",
+                           f"the provisioning log has not grown for {format_duration(now - last)}"))
+        for missed, name, text in checks:
+            if missed:
+                category = Category.SSH_UNREACHABLE if name == "ssh_ready" else Category.STALLED
+                await self._finding(watch, Finding(
+                    category, Severity.FATAL, text,
+                    "Nothing useful is happening on this instance; tear it down and try another host.",
+                    stops_run=True, rule=f"engine.deadline.{name}",
+                ), extra={"deadline": name})
+                return
+
+    # ------------------------------------------------------------------ decisions
+    async def _decide(self, watch: RentalWatch, *, reason: str, finding: Finding) -> None:
+        if watch.memory.decided or reason in watch.memory.declined:
+            return
+        watch.memory.decided = reason
+        now = self.clock.now()
+        action = "destroy" if self.policy.teardown_policy == "destroy" else "propose"
+        evidence = {"category": finding.category.value, "severity": finding.severity.value,
+                    "line": finding.line, "text": self.redactor.redact(finding.text), "advice": finding.advice}
+        await self._transition(watch, RentalState.FAILED, reason=f"{reason}: {evidence['text'][:200]}")
+        await self._emit(watch.rental, EV_DECISION, {
+            "action": action, "reason": reason, "evidence": evidence, **self._progress(watch, now),
+        })
+        await self._update_verdict(watch)
+        if action == "destroy":
+            await self._destroy(watch, reason=reason, by="engine")
+        else:
+            approval = await self.store.create_approval(
+                kind=ApprovalKind.TEARDOWN, requester_id=0, rental_id=watch.rental.id,
+                payload={"reason": reason, "evidence": evidence}, now=now,
+                expires_at=now + self.policy.proposal_timeout, default_action="destroy",
+            )
+            await self._emit(watch.rental, EV_PROPOSAL, {
+                "approval_id": approval.id, "reason": reason, "evidence": evidence,
+                "expires_at": approval.expires_at, "default_action": "destroy",
+            })
+
+    async def decline_teardown(self, rental_id: int, *, by: str) -> None:
+        """A human kept the instance: remember the reason so the same finding does not re-propose."""
+        watch = self.watches.get(rental_id)
+        if watch is None:
+            return
+        async with watch.lock:
+            if watch.memory.decided:
+                watch.memory.declined.append(watch.memory.decided)
+                watch.memory.decided = None
+            await self._emit(watch.rental, EV_INFO, {"text": f"teardown declined by {by}; still watching"})
+            await self._save(watch)
+
+    async def destroy(self, rental_id: int, *, reason: str, by: str) -> bool:
+        """Destroy a rental's instance now (a command, an approved proposal or an expiry)."""
+        rental = await self.store.get_rental(rental_id)
+        if rental is None:
+            return False
+        watch = self.watches.get(rental_id) or await self.attach(rental)
+        async with watch.lock:
+            if watch.rental.state == RentalState.DESTROYED:
+                return True
+            watch.memory.decided = watch.memory.decided or reason
+            ok = await self._destroy(watch, reason=reason, by=by)
+            await self._save(watch)
+        await self.pump()
+        return ok
+
+    async def _destroy(self, watch: RentalWatch, *, reason: str, by: str) -> bool:
+        rental = await self.store.get_rental(watch.rental.id) or watch.rental
+        watch.rental = rental
+        if rental.state == RentalState.DESTROYED:
+            return True
+        if rental.state != RentalState.TEARING_DOWN:
+            await self._transition(watch, RentalState.TEARING_DOWN, reason=reason)
+        gone = True
+        if rental.instance_id is not None:
+            try:
+                gone = await self.vast.destroy_instance(rental.instance_id)
+            except VastError as exc:
+                log.warning("destroy of instance %s failed: %s (retrying next poll)", rental.instance_id, exc)
+                await self._emit(rental, EV_INFO, {"text": f"destroy not confirmed yet ({exc}); retrying"})
+                return False
+        if not gone:
+            await self._emit(rental, EV_INFO, {"text": "Vast has not confirmed the instance is gone; retrying"})
+            return False
+        await self._finish(watch, reason=reason, by=by)
+        return True
+
+    async def _gone(self, watch: RentalWatch, now: float) -> None:
+        await self._finish(watch, reason=watch.memory.decided or "instance disappeared from the account",
+                           by="vast")
+
+    async def _finish(self, watch: RentalWatch, *, reason: str, by: str) -> None:
+        now = self.clock.now()
+        cost = self._cost_now(watch, now)
+        rental = watch.rental
+        await self.store.add_cost_sample(rental.id, ts=now, dph=rental.dph_total or rental.quoted_dph or 0.0,
+                                         cost_usd=cost)
+        await self.store.update_rental(rental.id, now=now, ended_at=now)
+        await self._transition(watch, RentalState.DESTROYED, reason=reason)
+        failed = watch.memory.decided is not None and watch.memory.verdict != Verdict.READY.value
+        if rental.machine_id is not None:
+            await self.store.record_host_outcome(
+                machine_id=rental.machine_id, host_id=rental.host_id, geolocation=rental.geolocation,
+                outcome="failed" if failed else "ok", reason=reason, now=now,
+            )
+        start = rental.started_at or rental.created_at
+        await self._emit(rental, EV_RECEIPT, {
+            "duration_s": round(now - start, 1), "cost_usd": round(cost, 4), "reason": reason, "by": by,
+            "dph": rental.dph_total or rental.quoted_dph,
+            "milestones": [name for name in (m.value for m in Milestone) if name in watch.memory.milestones],
+            "verdict": watch.memory.verdict,
+        })
+        await self._close_session(watch)
+        self.watches.pop(rental.id, None)
+        for hook in self.on_destroyed:
+            await hook(rental)
+
+    async def _expire_approvals(self) -> None:
+        now = self.clock.now()
+        for approval in await self.store.expire_due_approvals(now):
+            if approval.rental_id is None:
+                continue
+            rental = await self.store.get_rental(approval.rental_id)
+            if rental is None:
+                continue
+            await self._emit(rental, EV_APPROVAL, {
+                "approval_id": approval.id, "kind": approval.kind.value, "status": "expired",
+                "default_action": approval.default_action,
+            })
+            if approval.kind == ApprovalKind.TEARDOWN and approval.default_action == "destroy":
+                await self.destroy(rental.id, reason=f"{approval.payload.get('reason', 'teardown')} "
+                                   "(nobody answered the proposal)", by="default action on expiry")
+            elif approval.kind == ApprovalKind.RENT:
+                await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
+                                                   expected=[RentalState.AWAITING_APPROVAL],
+                                                   reason="approval expired")
+
+    # ------------------------------------------------------------------ plumbing
+    async def _transition(self, watch: RentalWatch, to: RentalState, *, reason: str) -> None:
+        before = watch.rental.state
+        if before == to:
+            return
+        ok = await self.store.transition_rental(watch.rental.id, to=to, now=self.clock.now(), reason=reason)
+        if ok:
+            watch.rental = await self.store.get_rental(watch.rental.id) or watch.rental
+            await self._emit(watch.rental, EV_STATE, {"from": before.value, "to": to.value, "reason": reason})
+
+    async def _emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event:
+        """Store the event first (with its sequence number); delivery happens in ``pump``."""
+        return await self.store.append_event(rental.id, kind=kind, payload=payload, ts=self.clock.now())
+
+    async def emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event:
+        event = await self._emit(rental, kind, payload)
+        await self.pump()
+        return event
+
+    async def pump(self) -> int:
+        """Deliver stored, undelivered events in order; mark each once delivered."""
+        if self.notifier is None:
+            return 0
+        delivered = 0
+        async with self._pump_lock:
+            blocked: set[int] = set()
+            for event in await self.store.unposted_events(limit=500):
+                if event.rental_id in blocked:
+                    continue
+                rental = await self.store.get_rental(event.rental_id)
+                if rental is None:
+                    continue
+                try:
+                    await self.notifier.notify(rental, event)
+                except Exception:  # a failed delivery is retried at the next pump, in order
+                    log.exception("delivering event %s of rental %s failed", event.seq, rental.id)
+                    blocked.add(event.rental_id)
+                    continue
+                await self.store.mark_posted([event.id], now=self.clock.now())
+                delivered += 1
+        return delivered
+
+    async def _save(self, watch: RentalWatch) -> None:
+        endpoint = endpoint_for(watch.instance) if watch.instance is not None else None
+        await self.store.save_watch_state(
+            watch.rental.id, log_offset=watch.log_offset, log_path=self.policy.log_path,
+            host_key=watch.host_key, ssh_endpoint=f"{endpoint.host}:{endpoint.port}" if endpoint else None,
+            data=watch.memory.to_json(), now=self.clock.now(),
+        )
+
+    async def _get_instance(self, instance_id: int) -> Instance | None:
+        try:
+            return await self.vast.get_instance(instance_id)
+        except VastError:
+            return None
+
+    async def _close_session(self, watch: RentalWatch) -> None:
+        session, watch.session = watch.session, None
+        if session is not None:
+            try:
+                await session.close()
+            except Exception:  # closing a dead connection must not matter
+                log.debug("closing SSH session failed", exc_info=True)
+
+
+def _new_suffix(previous: list[str], current: list[str]) -> list[str]:
+    """Lines of ``current`` after the last place the tail of ``previous`` occurs in it.
+
+    Container-log snapshots overlap (each is the last N lines); this keeps only what is new.
+    """
+    if not previous:
+        return current
+    tail = previous[-20:]
+    for k in range(len(tail), 0, -1):
+        pattern = tail[-k:]
+        for i in range(len(current) - k, -1, -1):
+            if current[i:i + k] == pattern:
+                return current[i + k:]
+    return current
