@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     provision_deadline: Duration = 3600.0
     rental_dollar_cap: float = Field(default=5.0, gt=0)
     cost_step: float = Field(default=0.25, gt=0)
-    teardown_policy: Literal["destroy", "propose"] = "propose"
+    teardown_policy: Literal["destroy", "propose"] = "destroy"
     proposal_timeout: Duration = 600.0
 
     # Approvals
