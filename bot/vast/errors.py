@@ -96,6 +96,10 @@ class VastRequestRejected(VastError):
     """Vast refused the request as invalid (other 4xx: ``invalid_args``, ``label_too_long``, ...)."""
 
 
+class VastDestroyUnconfirmed(VastError):
+    """Destroy was requested but the instance was still listed when the confirmation budget ran out."""
+
+
 class VastLogsNotReady(VastError):
     """The host never uploaded the requested log to ``result_url`` within the polling budget."""
 
