@@ -50,15 +50,17 @@ def split_statements(script: str) -> list[str]:
     migration's transaction before running it.
     """
     statements: list[str] = []
+    *pieces, tail = script.split(";")
     buffer = ""
-    for piece in script.split(";"):
+    for piece in pieces:
         buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
             if not _is_blank(buffer):
                 statements.append(buffer.strip())
             buffer = ""
-    if not _is_blank(buffer[:-1]):
-        raise MigrationError(f"unterminated SQL statement: {buffer[:-1].strip()[:200]!r}")
+    buffer += tail
+    if not _is_blank(buffer):
+        raise MigrationError(f"unterminated SQL statement: {buffer.strip()[:200]!r}")
     return statements
 
 
