@@ -22,7 +22,22 @@ ENV_LOG_PATH = "PROV_LOG_PATH"
 ENV_SCRIPT_URL = "PROV_SCRIPT_URL"
 ENV_SCRIPT_SHA256 = "PROV_SCRIPT_SHA256"
 ENV_NODES = "PROV_NODES"  # whitespace-separated "url[@ref][!]" ("!" marks required)
-ENV_MODELS = "PROV_MODELS"  # whitespace-separated "dir|url[|min_bytes]"
+ENV_MODELS = "PROV_MODELS"  # whitespace-separated "dir|url[|min_bytes[|size_bytes]]"
+# A path or http(s) URL of a manifest ("node SPEC" / "model SPEC" / "apt PKG..." / "pip PKG..." lines),
+# for lists too long for one Vast env value (each value must stay under 256 characters).
+ENV_MANIFEST = "PROV_MANIFEST"
+ENV_APT_PACKAGES = "PROV_APT_PACKAGES"
+ENV_PIP_PACKAGES = "PROV_PIP_PACKAGES"
+ENV_HEARTBEAT_S = "PROV_HEARTBEAT_S"  # heartbeat interval in seconds, 0 disables
+ENV_ATTEMPT = "PROV_ATTEMPT"  # overrides the script's own per-run attempt counter
+ENV_PYTHON = "PROV_PYTHON"  # the venv interpreter (default /venv/main/bin/python, else python3)
+ENV_COMFYUI_DIR = "COMFYUI_DIR"
+# Tokens go to the instance under these names and leave it only as "Authorization: Bearer" headers.
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_CIVITAI_TOKEN = "CIVITAI_TOKEN"
+
+# ``att`` of the events the onstart bootstrap emits itself (``script_missing``), before any attempt.
+BOOTSTRAP_ATTEMPT = 0
 
 # Fields every event line carries.
 REQUIRED_FIELDS = ("v", "run", "att", "seq", "ts", "ev", "st")
@@ -48,3 +63,6 @@ EVENTS = (
 )
 
 STATUSES = ("start", "ok", "warn", "fail", "skip", "degraded")
+
+# ``st`` of the final ``run.done`` event.
+RUN_DONE_STATUSES = ("ok", "degraded", "fail")
