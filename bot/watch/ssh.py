@@ -95,7 +95,7 @@ def classify_ssh_error(exc: BaseException) -> SshErrorKind:
         return "host_key_changed"
     if isinstance(exc, asyncssh.PermissionDenied | asyncssh.KeyImportError):
         return "auth"
-    if isinstance(exc, asyncssh.ConnectionLost):
+    if isinstance(exc, asyncssh.ConnectionLost | asyncssh.SFTPNoConnection | asyncssh.SFTPConnectionLost):
         return "reset"
     if isinstance(exc, asyncssh.ChannelOpenError):
         return "refused" if exc.code == asyncssh.OPEN_CONNECT_FAILED else "other"
@@ -501,7 +501,13 @@ class SshLogSession:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _require_open(self, what: str) -> None:
+        # A closed connection would otherwise surface as a channel-open failure ("refused").
+        if self._conn.is_closed():
+            raise SshTransient("reset", f"{what}: SSH connection to {self.endpoint} is closed")
+
     async def _sftp_client(self) -> asyncssh.SFTPClient:
+        self._require_open("sftp")
         async with self._sftp_lock:
             if self._sftp is None:
                 try:
@@ -635,6 +641,7 @@ class SshLogSession:
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: vastops\r\n"
             "Accept: application/json\r\nConnection: close\r\n\r\n"
         ).encode()
+        self._require_open(f"http port {port}")
         raw = bytearray()
         try:
             async with asyncio.timeout(timeout):
