@@ -128,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_RUNTIME
+    except Exception as exc:  # a runtime failure: one readable line, the traceback only with -v
+        logging.getLogger("bot").debug("command failed", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if not args.verbose:
+            print("(run with -v for details)", file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 def _dispatch(args: argparse.Namespace) -> int:
