@@ -3,9 +3,10 @@ loopback driven by a FakeClock, and a fake ComfyUI (aiohttp) to reach through di
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -110,6 +111,7 @@ class FakeComfy:
     port: int = 0
     mode: str = "ok"
     hits: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def system_stats(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
@@ -123,6 +125,9 @@ class FakeComfy:
             return web.Response(status=502, text="Bad Gateway")
         if self.mode == "html":
             return web.Response(text="<html>ComfyUI</html>", content_type="text/html")
+        if self.mode == "hang":
+            await self.release.wait()  # a wedged app: accepts, never answers
+            return web.Response(status=504)
         if self.mode == "chunked":
             resp = web.StreamResponse()
             resp.content_type = "application/json"
@@ -146,6 +151,7 @@ async def comfy() -> AsyncIterator[FakeComfy]:
     await site.start()
     fake.port = runner.addresses[0][1]
     yield fake
+    fake.release.set()
     await runner.cleanup()
 
 
