@@ -249,8 +249,15 @@ check_torch() {
 free_kb() {
   local d=$1
   while [[ ! -d $d && $d == */* ]]; do d=${d%/*}; done
-  REPLY=$(df -Pk "${d:-/}" 2>/dev/null | awk 'NR==2 {print $4 + 0}' || true)
-  REPLY=${REPLY:-0}
+  REPLY=$(df -Pk "${d:-/}" 2>/dev/null | awk 'NR==2 {print $4}' || true)
+  uint "$REPLY"
+  REPLY=$UINT
+}
+
+# uint TEXT -> UINT: TEXT if it is a plain non-negative integer, else 0. Everything that reaches
+# $(( )) from a tool goes through here: bash abandons a whole loop on an arithmetic syntax error.
+uint() {
+  if [[ $1 =~ ^[0-9]{1,18}$ ]]; then UINT=$((10#$1)); else UINT=0; fi
 }
 
 gb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1048576 }'; }
@@ -304,7 +311,7 @@ load_inputs() {
     local dest="$STATE_DIR/manifest" code rc=0 t=$SECONDS
     url_hostpath "$manifest"
     local hp=$REPLY host=${REPLY%%/*} path
-    path=/${hp#"$host"}
+    path=${hp#"$host"}
     path=/${path#/}
     auth_header "$manifest" manifest
     local hdr=()
@@ -346,7 +353,9 @@ step_env() {
   free_kb "$COMFYUI_DIR"
   local free=$REPLY
   local total
-  total=$(df -Pk "$(dirname "$COMFYUI_DIR")" 2>/dev/null | awk 'NR==2 {print $2 + 0}' || true)
+  total=$(df -Pk "$(dirname "$COMFYUI_DIR")" 2>/dev/null | awk 'NR==2 {print $2}' || true)
+  uint "$total"
+  total=$UINT
   if [[ -n $PY ]]; then
     py_ver=$("$PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || true)
   fi
@@ -475,7 +484,7 @@ install_node() {
 # looks_like_error_page FILE: Civitai/HF answer some failures with a JSON or HTML body and 200.
 looks_like_error_page() {
   local head
-  head=$(head -c 64 "$1" | tr -d '[:space:]' | head -c 16 | tr '[:upper:]' '[:lower:]' || true)
+  head=$(head -c 64 "$1" | tr -d '[:space:]\000' | head -c 16 | tr '[:upper:]' '[:lower:]' || true)
   [[ $head == '{'* || $head == '['* || $head == '<!doctype'* || $head == '<html'* || $head == '<?xml'* ]]
 }
 
@@ -496,7 +505,7 @@ download_model() {
   url_hostpath "$url"
   hp=$REPLY
   host=${hp%%/*}
-  path=/${hp#"$host"}
+  path=${hp#"$host"}
   path=/${path#/}
   name=${path##*/}
   set_step "model:$name"
@@ -516,8 +525,9 @@ download_model() {
   # Refuse before downloading: a full disk half-way through a 20 GB file wastes the whole rental.
   if ((size == 0)); then
     size=$(curl -sIL --retry 3 --retry-connrefused --max-time 60 "${hdr[@]}" "$url" 2>/dev/null \
-      | tr -d '\r' | awk 'tolower($1) == "content-length:" { n = $2 } END { print n + 0 }' || true)
-    size=${size:-0}
+      | tr -d '\r' | awk 'tolower($1) == "content-length:" { n = $2 } END { print n }' || true)
+    uint "$size"
+    size=$UINT
   fi
   free_kb "$dest_dir"
   local free_kb_now=$REPLY
@@ -540,7 +550,7 @@ download_model() {
   local tmp t=$SECONDS rc=0
   tmp=$(mktemp -d "$dest_dir/.vastops-dl.XXXXXX")
   printf '%s|%s|%s\n' "$name" "$tmp" "$size" >"$STATE_DIR/dl"
-  emit model.start "name=$name" "host=$host" "path=$path" "dest=$dest_dir" "total:=$size"
+  emit model.start start "name=$name" "host=$host" "path=$path" "dest=$dest_dir" "total:=$size"
   # -J takes the server's file name (Civitai's /api/download/models/<id> has none in the URL).
   local here=$PWD
   cd "$tmp"
@@ -596,7 +606,8 @@ mkdir -p -- "$(dirname -- "$PROV_LOG_PATH")"
 if [[ -z ${PROV_ATTEMPT:-} ]]; then
   # The instance re-runs onstart on every boot; count attempts per run id next to the log.
   att_file="$(dirname -- "$PROV_LOG_PATH")/.vastops-attempt-${RUN_ID//[^A-Za-z0-9._-]/_}"
-  ATT=$(($(cat "$att_file" 2>/dev/null || echo 0) + 1))
+  uint "$(cat "$att_file" 2>/dev/null || true)"
+  ATT=$((UINT + 1))
   echo "$ATT" >"$att_file"
 fi
 tee_opts=(-a)
@@ -608,7 +619,7 @@ exec > >(tee "${tee_opts[@]}" "$PROV_LOG_PATH") 2>&1
 TEE_PID=$!
 
 resolve_python
-emit run.start "script_ver:=$SCRIPT_VER" "log=$PROV_LOG_PATH" "pid:=$$"
+emit run.start start "script_ver:=$SCRIPT_VER" "log=$PROV_LOG_PATH" "pid:=$$"
 start_heartbeat
 load_inputs
 wait_for_comfyui
@@ -628,6 +639,12 @@ step_pip
 mkdir -p "$COMFYUI_DIR/custom_nodes"
 for spec in "${NODES[@]}"; do install_node "$spec"; done
 for spec in "${MODELS[@]}"; do download_model "$spec"; done
+# Belt and braces: every listed node and model must have been accounted for, or something
+# aborted a loop without failing the run.
+if ((NODES_OK + NODES_FAIL != ${#NODES[@]} || MODELS_OK + MODELS_FAIL != ${#MODELS[@]})); then
+  set_step check
+  fail "internal: $((NODES_OK + NODES_FAIL))/${#NODES[@]} nodes and $((MODELS_OK + MODELS_FAIL))/${#MODELS[@]} models processed"
+fi
 if ((MODELS_FAIL > 0)); then
   set_step models
   fail "$MODELS_FAIL model download(s) failed; first: $FAIL_WHY"
