@@ -144,8 +144,17 @@ async def test_slash_reply_carries_no_ping(fake_discord: FakeDiscord) -> None:
         assert body["type"] == 4 and body["data"]["content"] == "pong @everyone"
         assert inter.original is not None and inter.original.content == "pong @everyone"
         assert inter.original.allowed_mentions == {"parse": []}
-        assert not inter.original.could_ping
+        assert not inter.original.could_ping and not inter.original.may_ping_everyone
         assert fake_discord.messages_in(CHANNEL_ID) == [inter.original]
+
+
+async def test_gateway_resume_after_drop(fake_discord: FakeDiscord) -> None:
+    async with start_bot(DemoBot()):
+        await fake_discord.drop_gateway()
+        await fake_discord.wait_for_gateway()
+        assert fake_discord.gateway_events == ["IDENTIFY", "RESUME"]
+        inter = await fake_discord.slash("ping", user_id=REQUESTER)
+        assert (await inter.response())["type"] == 4
 
 
 async def test_defer_then_followups(fake_discord: FakeDiscord) -> None:

@@ -98,7 +98,18 @@ class StoredMessage:
 
     @property
     def could_ping(self) -> bool:
+        """Whether the content as sent notified anyone (its mentions filtered through allowed_mentions)."""
         return self.pings.any
+
+    @property
+    def may_ping_everyone(self) -> bool:
+        """Policy, whatever the content: allowed_mentions absent (Discord parses all) or parse has "everyone"."""
+        return self.allowed_mentions is None or "everyone" in (self.allowed_mentions.get("parse") or [])
+
+    @property
+    def may_ping_roles(self) -> bool:
+        am = self.allowed_mentions
+        return am is None or "roles" in (am.get("parse") or []) or bool(am.get("roles"))
 
     def custom_ids(self) -> list[str]:
         return [c["custom_id"] for c in walk_components(self.components) if "custom_id" in c]

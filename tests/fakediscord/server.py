@@ -39,6 +39,7 @@ from .validate import (
 API = "/api/v10"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 GUILD_MESSAGES_INTENT = 1 << 9
+DM_MESSAGES_INTENT = 1 << 12
 # View channel, send, embed links, attach files, read history, add reactions, external emojis, app commands.
 BOT_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 18) | (1 << 31)
 EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 16) | (1 << 6) | (1 << 31)
@@ -145,6 +146,7 @@ class FakeDiscord:
         self.members: dict[int, list[int]] = {app_id: [self.bot_role_id]}
         self.channels: dict[int, dict[str, Any]] = {}
         self.messages: dict[int, list[StoredMessage]] = {}
+        self.dm_channels: dict[int, dict[str, Any]] = {}  # user id -> DM channel payload
         ch_names = channels if isinstance(channels, Mapping) else {c: f"channel-{i}" for i, c in enumerate(channels)}
         for cid, name in ch_names.items():
             self.add_channel(cid, name)
@@ -156,7 +158,8 @@ class FakeDiscord:
         self._by_token: dict[str, FakeInteraction] = {}
         self.requests: list[RecordedRequest] = []
         self.unhandled: list[RecordedRequest] = []  # calls to routes the fake does not model
-        self.gateway_connects: list[dict[str, str]] = []
+        self.gateway_connects: list[dict[str, str]] = []  # query of each websocket connect
+        self.gateway_events: list[str] = []  # "IDENTIFY", "RESUME", "RESUME-REFUSED", "REQUEST_MEMBERS"
         self._gateways: set[_Gateway] = set()
         self._sessions: dict[str, int] = {}
         self._rate_limits: list[_RateLimit] = []
@@ -173,6 +176,7 @@ class FakeDiscord:
         routes: list[tuple[str, str, Callable[..., Awaitable[Reply]]]] = [
             ("GET", "/users/@me", self._get_me),
             ("GET", "/users/{uid}", self._get_user),
+            ("POST", "/users/@me/channels", self._create_dm),
             ("GET", "/oauth2/applications/@me", self._get_app),
             ("GET", "/applications/@me", self._get_app),
             ("GET", "/gateway", self._get_gateway),
@@ -267,6 +271,20 @@ class FakeDiscord:
         for r in roles:
             perms |= int(self.roles.get(r, {}).get("permissions", 0))
         return perms
+
+    def dm_channel(self, user_id: int) -> int:
+        """The bot's DM channel with a user (created on first use)."""
+        if user_id not in self.dm_channels:
+            if user_id not in self.users:
+                self.add_member(user_id, f"user{user_id}")
+            cid = self.snowflake()
+            self.dm_channels[user_id] = {"id": str(cid), "type": 1, "recipients": [self.users[user_id]],
+                                         "last_message_id": None, "flags": 0}
+            self.messages[cid] = []
+        return int(self.dm_channels[user_id]["id"])
+
+    def _is_channel(self, channel_id: int) -> bool:
+        return channel_id in self.channels or any(int(c["id"]) == channel_id for c in self.dm_channels.values())
 
     def _member(self, user_id: int, roles: Iterable[int] | None = None, *, with_user: bool = True) -> dict[str, Any]:
         if user_id not in self.users:
@@ -458,7 +476,7 @@ class FakeDiscord:
 
     def _create(self, channel_id: int, body: Mapping[str, Any] | None, uploads: list[_Upload], *,
                 inter: FakeInteraction | None = None, flags: int = 0, msg_type: int = 0) -> StoredMessage:
-        if channel_id not in self.channels:
+        if not self._is_channel(channel_id):
             raise DiscordError(404, 10003, "Unknown Channel")
         body = body or {}
         if errors := validate_message(body):
@@ -472,7 +490,7 @@ class FakeDiscord:
         allowed = body.get("allowed_mentions")
         pings = Pings() if loading else mention_pings(body.get("content"), allowed)
         payload: dict[str, Any] = {
-            "id": str(mid), "channel_id": str(channel_id), "guild_id": str(self.guild_id), "type": msg_type,
+            "id": str(mid), "channel_id": str(channel_id), "type": msg_type,
             "content": body.get("content") or "", "author": self.bot_user, "timestamp": self._iso(),
             "edited_timestamp": None, "tts": bool(body.get("tts")), "mention_everyone": pings.everyone,
             "mentions": [self.users[u] for u in pings.users if u in self.users],
@@ -480,6 +498,8 @@ class FakeDiscord:
             "embeds": copy.deepcopy(body.get("embeds") or []),
             "components": copy.deepcopy(body.get("components") or []), "pinned": False, "flags": flags,
         }
+        if channel_id in self.channels:
+            payload["guild_id"] = str(self.guild_id)
         for key in ("nonce", "message_reference", "poll", "sticker_ids"):
             if key in body:
                 payload[key] = body[key]
@@ -520,9 +540,10 @@ class FakeDiscord:
 
     async def _announce(self, event: str, msg: StoredMessage) -> None:
         if not msg.ephemeral and not msg.loading:
-            data = {"id": msg.payload["id"], "channel_id": msg.payload["channel_id"],
-                    "guild_id": str(self.guild_id)} if event == "MESSAGE_DELETE" else msg.payload
-            await self.dispatch(event, data, intent=GUILD_MESSAGES_INTENT, required=False)
+            data = {k: msg.payload[k] for k in ("id", "channel_id", "guild_id") if k in msg.payload}
+            intent = GUILD_MESSAGES_INTENT if "guild_id" in msg.payload else DM_MESSAGES_INTENT
+            await self.dispatch(event, data if event == "MESSAGE_DELETE" else msg.payload, intent=intent,
+                                required=False)
 
     # ----- REST handlers -----------------------------------------------------------------------------------
 
@@ -656,8 +677,10 @@ class FakeDiscord:
         body = request[BODY] or {}
         original = inter.original
         if original is not None and original.loading and inter.response_type == 5:
-            # The first followup after a "thinking" defer replaces the loading message.
+            # The first followup after a "thinking" defer replaces the loading message (and can ping).
             self._edit(original, body, request[UPLOADS])
+            original.allowed_mentions = body.get("allowed_mentions")
+            original.pings = mention_pings(body.get("content"), original.allowed_mentions)
             msg = original
             await self._announce("MESSAGE_CREATE", msg)
         else:
@@ -687,12 +710,20 @@ class FakeDiscord:
 
     def _channel(self, request: web.Request) -> int:
         cid = int(request.match_info["cid"])
-        if cid not in self.channels:
+        if not self._is_channel(cid):
             raise DiscordError(404, 10003, "Unknown Channel")
         return cid
 
     async def _get_channel(self, request: web.Request) -> Reply:
-        return 200, self.channels[self._channel(request)]
+        cid = self._channel(request)
+        return 200, self.channels.get(cid) or next(c for c in self.dm_channels.values() if int(c["id"]) == cid)
+
+    async def _create_dm(self, request: web.Request) -> Reply:
+        uid = int((request[BODY] or {}).get("recipient_id", 0))
+        if uid not in self.users:
+            raise DiscordError(404, 10013, "Unknown User")
+        self.dm_channel(uid)
+        return 200, self.dm_channels[uid]
 
     async def _history(self, request: web.Request) -> Reply:
         cid = self._channel(request)
@@ -794,6 +825,7 @@ class FakeDiscord:
         if op == 1:
             await gw.send(11, None)
         elif op == 2:
+            self.gateway_events.append("IDENTIFY")
             gw.session_id, gw.intents = secrets.token_hex(16), int(d.get("intents") or 0)
             await gw.send(0, {
                 "v": 10, "user": {**self.bot_user, "verified": True, "mfa_enabled": False},
@@ -807,12 +839,15 @@ class FakeDiscord:
         elif op == 6:
             session = d.get("session_id")
             if session not in self._sessions:
+                self.gateway_events.append("RESUME-REFUSED")
                 await gw.send(9, False)
                 return
+            self.gateway_events.append("RESUME")
             gw.session_id, gw.seq, gw.identified = session, self._sessions[session], True
             await gw.send(0, {"_trace": ["fake-discord"]}, "RESUMED")
             self._bump()
         elif op == 8:
+            self.gateway_events.append("REQUEST_MEMBERS")
             members = [self._member(u) for u in self.members]
             for m in members:
                 m.pop("permissions")
@@ -836,6 +871,7 @@ class FakeDiscord:
     async def drop_gateway(self, code: int = 4000) -> None:
         """Close every gateway connection with ``code``; discord.py then resumes on resume_gateway_url."""
         for gw in list(self._gateways):
+            gw.identified = False  # so wait_for_gateway() waits for the reconnect, not this socket
             await gw.ws.close(code=code)
 
     # ----- injected interactions ---------------------------------------------------------------------------
@@ -845,6 +881,8 @@ class FakeDiscord:
                          locale: str = "en-US") -> FakeInteraction:
         iid = self.snowflake()
         cid = channel_id if channel_id is not None else (message.channel_id if message else next(iter(self.channels)))
+        if not guild:
+            cid = self.dm_channel(user_id)
         payload: dict[str, Any] = {
             "id": str(iid), "application_id": str(self.app_id), "type": itype, "data": data,
             "token": f"itok-{iid}-{secrets.token_urlsafe(24)}", "version": 1, "locale": locale,
@@ -858,11 +896,8 @@ class FakeDiscord:
                            channel_id=str(cid), channel=self.channels[cid], member=self._member(user_id, roles),
                            authorizing_integration_owners={"0": str(self.guild_id)})
         else:
-            if user_id not in self.users:
-                self.add_member(user_id, f"user{user_id}")
             payload.update(context=1, user=self.users[user_id], channel_id=str(cid),
-                           channel={"id": str(cid), "type": 1, "recipients": [self.users[user_id]], "flags": 0},
-                           authorizing_integration_owners={"0": "0"})
+                           channel=self.dm_channels[user_id], authorizing_integration_owners={"0": "0"})
         if message is not None:
             payload["message"] = message.payload
         inter = FakeInteraction(iid, payload["token"], itype, payload, self.clock.now(), cid,
