@@ -131,12 +131,21 @@ def _out_items(raw: Any, where: str) -> tuple[Output, ...]:
     return tuple(items)
 
 
-def _step(raw: dict[str, Any], where: str) -> Step:
-    known = {"at", "out", "text", "target", "path", "every", "until", "comfyui"}
+def _step(raw: dict[str, Any], where: str, snippets: dict[str, Any]) -> Step:
+    known = {"at", "out", "text", "target", "path", "every", "until", "comfyui", "snippet"}
     unknown = set(raw) - known
     if unknown:
         raise ScenarioError(f"{where}: unknown key(s) {sorted(unknown)}")
-    out = _out_items(raw.get("out"), where)
+    out: tuple[Output, ...] = ()
+    names = raw.get("snippet", [])
+    for name in [names] if isinstance(names, str) else names:
+        if name not in snippets:
+            raise ScenarioError(f"{where}: no snippet {name!r} in _snippets.toml (known: {sorted(snippets)})")
+        snippet = snippets[name]
+        out += _out_items(snippet.get("out"), f"{where} snippet {name}")
+        if "text" in snippet:
+            out += tuple(Output(line=part) for part in str(snippet["text"]).rstrip("\n").split("\n"))
+    out += _out_items(raw.get("out"), where)
     if "text" in raw:
         text = str(raw["text"]).rstrip("\n")
         out += tuple(Output(line=part) for part in text.split("\n"))
@@ -154,9 +163,10 @@ def _step(raw: dict[str, Any], where: str) -> Step:
                 until=float(raw["until"]) if "until" in raw else None, comfyui=comfyui)
 
 
-def parse_scenario(data: dict[str, Any], name: str) -> Scenario:
-    """Build a ``Scenario`` from a parsed TOML document."""
+def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | None = None) -> Scenario:
+    """Build a ``Scenario`` from a parsed TOML document (``snippets``: named output blocks)."""
     where = f"scenario {name}"
+    snippets = load_snippets() if snippets is None else snippets
     expect_raw = _req(data, "expect", where)
     verdicts = expect_raw.get("verdict", ["ready"])
     verdicts = (verdicts,) if isinstance(verdicts, str) else tuple(verdicts)
@@ -183,7 +193,7 @@ def parse_scenario(data: dict[str, Any], name: str) -> Scenario:
                         audit_excluded_countries=tuple(base_raw.get("audit_excluded_countries", ("UA",))))
     script = data.get("script", {})
     boot = data.get("boot", {})
-    steps = tuple(_step(s, f"{where} step {i + 1}") for i, s in enumerate(data.get("step", [])))
+    steps = tuple(_step(s, f"{where} step {i + 1}", snippets) for i, s in enumerate(data.get("step", [])))
     return Scenario(
         name=str(data.get("name", name)), title=str(_req(data, "title", where)),
         audit=str(data.get("audit", "")), catalogue=str(data.get("catalogue", "default")),
@@ -204,10 +214,22 @@ ORDER = ("happy", "script-404", "gistfile1", "log-path-mismatch", "ssh-refused",
          "disk-full", "china-cheapest", "port-noise-only")
 
 
+def load_snippets() -> dict[str, Any]:
+    """Named output blocks shared by scenarios (``_snippets.toml``), used as ``snippet = "name"``."""
+    resource = resources.files(__package__).joinpath("_snippets.toml")
+    if not resource.is_file():
+        return {}
+    try:
+        data = tomllib.loads(resource.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"_snippets.toml: {exc}") from None
+    return dict(data.get("snippet", {}))
+
+
 def scenario_names() -> list[str]:
     """Every scenario shipped in this package, in demo order (unknown extras last, by name)."""
     found = sorted(p.name.removesuffix(".toml") for p in resources.files(__package__).iterdir()
-                   if p.name.endswith(".toml"))
+                   if p.name.endswith(".toml") and not p.name.startswith("_"))
     return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
 
 
