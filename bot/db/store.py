@@ -228,11 +228,10 @@ class Store:
             return
         async with self._lock:
             self._closed = True
-            try:
-                # Cheap, and keeps query plans good as tables grow (SQLite's recommendation).
-                await self._db.execute("PRAGMA optimize")
-            finally:
-                await self._db.close()
+            # No "PRAGMA optimize"/ANALYZE: our data is skewed (a few active rentals among
+            # thousands of destroyed ones), and averaged statistics make the planner scan the
+            # whole table for active_rentals() instead of using the state index.
+            await self._db.close()
 
     async def __aenter__(self) -> Self:
         return self
