@@ -166,6 +166,9 @@ class RentalWatch:
         self.ssh_failures = 0
         self.instance: Instance | None = None
         self.lock = asyncio.Lock()
+        # Events derived from log lines wait here and are stored together with the offset and
+        # memory that produced them (one transaction), so a crash neither loses nor repeats them.
+        self.buffer: list[tuple[str, dict[str, Any], float]] = []
 
     def reached(self, milestone: Milestone) -> bool:
         return milestone.value in self.memory.milestones
@@ -766,17 +769,28 @@ class WatchEngine:
         before = watch.rental.state
         if before == to:
             return
+        await self._save(watch)
         ok = await self.store.transition_rental(watch.rental.id, to=to, now=self.clock.now(), reason=reason)
         if ok:
             watch.rental = await self.store.get_rental(watch.rental.id) or watch.rental
-            await self._emit(watch.rental, EV_STATE, {"from": before.value, "to": to.value, "reason": reason})
+            await self.store.append_event(watch.rental.id, kind=EV_STATE, ts=self.clock.now(),
+                                          payload={"from": before.value, "to": to.value, "reason": reason})
 
-    async def _emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event:
-        """Store the event first (with its sequence number); delivery happens in ``pump``."""
+    async def _emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event | None:
+        """Store the event (with its sequence number) before anyone sees it; ``pump`` delivers.
+
+        While a watch is active for the rental, the event joins its buffer and is written with
+        the watch state in ``_save``; otherwise it is written at once.
+        """
+        watch = self.watches.get(rental.id)
+        if watch is not None and watch.lock.locked():
+            watch.buffer.append((kind, payload, self.clock.now()))
+            return None
         return await self.store.append_event(rental.id, kind=kind, payload=payload, ts=self.clock.now())
 
     async def emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event:
-        event = await self._emit(rental, kind, payload)
+        """Store an event from outside the engine (the rent service) and deliver it."""
+        event = await self.store.append_event(rental.id, kind=kind, payload=payload, ts=self.clock.now())
         await self.pump()
         return event
 
@@ -804,12 +818,19 @@ class WatchEngine:
         return delivered
 
     async def _save(self, watch: RentalWatch) -> None:
+        """Write buffered events and the state that produced them in one transaction."""
         endpoint = endpoint_for(watch.instance) if watch.instance is not None else None
-        await self.store.save_watch_state(
-            watch.rental.id, log_offset=watch.log_offset, log_path=self.policy.log_path,
-            host_key=watch.host_key, ssh_endpoint=f"{endpoint.host}:{endpoint.port}" if endpoint else None,
-            data=watch.memory.to_json(), now=self.clock.now(),
-        )
+        buffered, watch.buffer = watch.buffer, []
+        # The assembler may hold a partial last line: resume from its first byte after a restart.
+        offset = max(0, watch.log_offset - watch.assembler.pending_bytes)
+        async with self.store.transaction():
+            for kind, payload, ts in buffered:
+                await self.store.append_event(watch.rental.id, kind=kind, payload=payload, ts=ts)
+            await self.store.save_watch_state(
+                watch.rental.id, log_offset=offset, log_path=self.policy.log_path,
+                host_key=watch.host_key, ssh_endpoint=f"{endpoint.host}:{endpoint.port}" if endpoint else None,
+                data=watch.memory.to_json(), now=self.clock.now(),
+            )
 
     async def _get_instance(self, instance_id: int) -> Instance | None:
         try:
