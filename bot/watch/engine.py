@@ -770,11 +770,13 @@ class WatchEngine:
         if before == to:
             return
         await self._save(watch)
-        ok = await self.store.transition_rental(watch.rental.id, to=to, now=self.clock.now(), reason=reason)
+        async with self.store.transaction():
+            ok = await self.store.transition_rental(watch.rental.id, to=to, now=self.clock.now(), reason=reason)
+            if ok:
+                await self.store.append_event(watch.rental.id, kind=EV_STATE, ts=self.clock.now(),
+                                              payload={"from": before.value, "to": to.value, "reason": reason})
         if ok:
             watch.rental = await self.store.get_rental(watch.rental.id) or watch.rental
-            await self.store.append_event(watch.rental.id, kind=EV_STATE, ts=self.clock.now(),
-                                          payload={"from": before.value, "to": to.value, "reason": reason})
 
     async def _emit(self, rental: Rental, kind: str, payload: dict[str, Any]) -> Event | None:
         """Store the event (with its sequence number) before anyone sees it; ``pump`` delivers.
