@@ -97,7 +97,8 @@ def describe_event(event: Event) -> str | None:
         return f"?? teardown proposed ({p.get('reason')}); default '{p.get('default_action')}' on expiry"
     if kind == "receipt":
         return (f"$$ receipt: destroyed after {p.get('duration_s'):.0f}s, ${p.get('cost_usd', 0):.4f} "
-                f"at ${p.get('dph') or 0:.3f}/h, verdict {p.get('verdict')} ({p.get('reason')}, by {p.get('by')})")
+                f"at ${p.get('dph') or 0:.3f}/h, verdict {p.get('verdict')} "
+                f"({p.get('reason')}, by {p.get('by')})")
     if kind == "verdict":
         cause = p.get("cause") or {}
         why = f" - cause {cause.get('category')}: {str(cause.get('text'))[:100]}" if cause else ""
@@ -125,9 +126,11 @@ def outcome_text(result: RunResult) -> str:
     return result.verdict
 
 
-def summary_table(results: list[RunResult], out: TextIO, *, tolerance_polls: float = DEMO_LATENESS_POLLS) -> int:
+def summary_table(results: list[RunResult], out: TextIO, *,
+                  tolerance_polls: float = DEMO_LATENESS_POLLS) -> int:
     """Print the per-scenario table; return the number of scenarios whose outcome mismatched."""
-    headers = ("SCENARIO", "OUTCOME", "HOST", "KNEW", "STOPPED", "SPENT", "AUDIT", "AUDIT $", "RATIO", "MATCH")
+    headers = ("SCENARIO", "OUTCOME", "HOST", "KNEW", "STOPPED", "SPENT", "AUDIT", "AUDIT $", "RATIO",
+               "MATCH")
     rows: list[tuple[str, ...]] = []
     bad: list[tuple[RunResult, list[str]]] = []
     for r in results:

@@ -110,7 +110,9 @@ class FakeComfyUI:
         return web.json_response(SYSTEM_STATS) if self.up else self._placeholder()
 
     async def _queue(self, request: web.Request) -> web.Response:
-        return web.json_response({"queue_running": [], "queue_pending": []}) if self.up else self._placeholder()
+        if not self.up:
+            return self._placeholder()
+        return web.json_response({"queue_running": [], "queue_pending": []})
 
 
 class FakeGistHost:
@@ -201,7 +203,7 @@ class RehearsalStage:
         self.scenario = scenario
         self.clock = clock
         self._own_dir = workdir is None
-        self.dir = Path(tempfile.mkdtemp(prefix=f"vastops-stage-{scenario.name}-")) if workdir is None else workdir
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix=f"vastops-{scenario.name}-"))
         self.key_path = self.dir / "keys" / "id_ed25519"
         self.instances: dict[int, SimInstance] = {}
         catalogue = CATALOGUES.get(scenario.catalogue)
@@ -433,7 +435,7 @@ class RunResult:
             out.append(f"cause {self.category}, expected {exp.category}")
         if exp.stop == "none":
             if self.decision_at is not None:
-                out.append(f"torn down at {self.decision_at:.0f}s ({self.category}), expected to keep running")
+                out.append(f"torn down at {self.decision_at:.0f}s ({self.category}); expected to run on")
         elif self.decision_at is None:
             out.append(f"never torn down; expected at the {exp.stop} ({exp.signal_at:.0f}s)")
         else:
@@ -588,7 +590,8 @@ def _since(rental: Rental, ts: float) -> float:
     return ts - (rental.started_at or rental.created_at)
 
 
-async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDriver, result: RunResult) -> None:
+async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDriver,
+                 result: RunResult) -> None:
     scenario = stage.scenario
     assert result.rental is not None
     rental_id = result.rental.id
