@@ -19,7 +19,7 @@ from bot.db.store import Store
 from bot.settings import Settings
 from bot.vast.client import VastClient
 from bot.vast.errors import VastError, VastUnavailableOffer
-from bot.vast.models import Offer, OfferQuery
+from bot.vast.models import Instance, Offer, OfferQuery
 from bot.watch.engine import EV_APPROVAL, EV_STATE, WatchEngine
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,15 @@ class RentalService:
             return Decision(DecisionResult.ALREADY_DECIDED, rental=rental,
                             message=f"Rental #{rental.id} is already {rental.state.value}.")
         if rental.state == RentalState.AWAITING_APPROVAL:
-            await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=self.clock.now(),
+            now = self.clock.now()
+            await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=now,
                                                reason=f"withdrawn by {user_name}")
+            # Cancel the open request too, so its buttons stop offering an approval of nothing.
+            for pending in await self.store.pending_approvals(rental_id=rental.id):
+                if await self.store.decide_approval(pending.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
+                                                    by_name=user_name, now=now, note=f"withdrawn by {user_name}"):
+                    await self.engine.emit(rental, EV_APPROVAL, {"approval_id": pending.id, "kind": pending.kind.value,
+                                                                 "status": "cancelled", "by": user_name})
             return Decision(DecisionResult.DENIED, rental=rental, message="Request withdrawn; nothing was rented.")
         text = reason or f"destroyed by {user_name}"
         ok = await self.engine.destroy(rental.id, reason=text, by=user_name)
@@ -299,6 +306,39 @@ class RentalService:
             return Decision(DecisionResult.CREATE_FAILED, rental=rental,
                             message="Vast has not confirmed the instance is gone yet; the bot keeps trying.")
         return Decision(DecisionResult.APPROVED, rental=rental, message=f"Rental #{rental.id} destroyed.")
+
+
+    # ------------------------------------------------------------------ unknown instances
+    async def unknown_instances(self) -> list[Instance]:
+        """Instances on the Vast account that no open rental accounts for: they bill all the same."""
+        unknown = []
+        for inst in await self.vast.list_instances():
+            rental = await self.store.get_rental_by_instance(inst.id)
+            if rental is None or rental.is_terminal:
+                unknown.append(inst)
+        return unknown
+
+    async def destroy_unknown_instance(self, instance_id: int, *, user_id: int, user_name: str,
+                                       is_approver: bool) -> Decision:
+        """Destroy an instance the bot does not track (approvers only); a tracked one goes through destroy()."""
+        if not is_approver:
+            return Decision(DecisionResult.NOT_ALLOWED,
+                            message="Only members with the approver role can destroy instances the bot does not know.")
+        rental = await self.store.get_rental_by_instance(instance_id)
+        if rental is not None and not rental.is_terminal:
+            return await self.destroy(rental.id, user_id=user_id, user_name=user_name, is_approver=True,
+                                      reason=f"destroyed from /status by {user_name}")
+        try:
+            gone = await self.vast.destroy_instance(instance_id)
+        except VastError as exc:
+            return Decision(DecisionResult.CREATE_FAILED, rental=rental,
+                            message=f"Vast has not confirmed instance {instance_id} is gone: {exc}")
+        log.warning("instance %s (unknown to the bot) destroyed by %s (%s)", instance_id, user_name, user_id)
+        if not gone:
+            return Decision(DecisionResult.CREATE_FAILED, rental=rental,
+                            message=f"Vast has not confirmed instance {instance_id} is gone yet; check /status again.")
+        return Decision(DecisionResult.APPROVED, rental=rental,
+                        message=f"Instance {instance_id} destroyed; Vast confirmed it is gone.")
 
 
 def _quote_payload(offer: Offer, requester_name: str) -> dict[str, Any]:

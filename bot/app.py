@@ -1,0 +1,197 @@
+"""The Discord bot: a ``commands.Bot`` with its services injected, and ``run(settings)`` that wires it all.
+
+All start-up work happens in ``setup_hook`` (cogs, restart-proof buttons, guild command sync, the
+watch engine); one ``tree.on_error`` answers the user whatever state the interaction is in and
+logs the rest. The bot holds no business rules: cogs call ``RentalService`` and render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.clock import Clock, SystemClock
+from bot.db.store import Store, StoreError
+from bot.render import Render
+from bot.rentals import RentalService
+from bot.settings import ConfigError, Settings
+from bot.vast.client import VastClient
+from bot.vast.errors import VastError
+from bot.watch.engine import WatchEngine
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.approvals", "cogs.rent", "cogs.status", "cogs.logs", "cogs.destroy", "cogs.watcher",
+)
+
+Preflight = Callable[[Settings], Awaitable[Any]]
+
+
+def _load_preflight() -> Preflight | None:
+    try:
+        from bot.provisioning.preflight import preflight
+    except ImportError:  # lands with the provisioning issue; /rent then shows it as unavailable
+        return None
+    return preflight  # type: ignore[no-any-return]
+
+
+def user_message(error: BaseException) -> str:
+    """What the user is told about an error (never a traceback, never a secret)."""
+    inner = getattr(error, "original", None) or error
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command only works in the server, not in DMs."
+    if isinstance(error, app_commands.MissingRole | app_commands.MissingAnyRole):
+        return "You need the approver role for this."
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: try again in {error.retry_after:.0f}s."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You are not allowed to use this command here."
+    if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+        return "This command changed since your Discord app loaded it. Try again in a minute."
+    if isinstance(error, app_commands.TransformerError):
+        return f"I could not understand the value {str(error.value)[:80]!r}."
+    if isinstance(inner, VastError):
+        return "Vast.ai did not answer as expected; nothing was changed. Try again in a minute."
+    if isinstance(inner, StoreError):
+        return "The bot's database is unavailable right now; nothing was changed. Try again shortly."
+    if isinstance(inner, TimeoutError | asyncio.TimeoutError):
+        return "That took too long and was stopped; nothing more will happen. Try again."
+    return "Something went wrong on the bot's side"
+
+
+class VastopsTree(app_commands.CommandTree["VastopsBot"]):
+    async def on_error(self, interaction: discord.Interaction[VastopsBot],
+                       error: app_commands.AppCommandError) -> None:
+        await self.client.report_interaction_error(interaction, error)
+
+
+class VastopsBot(commands.Bot):
+    """The bot. Dependencies come in through the constructor; nothing is created on import."""
+
+    def __init__(self, *, settings: Settings, store: Store, vast: VastClient, engine: WatchEngine,
+                 rentals: RentalService, clock: Clock, render: Render | None = None,
+                 preflight: Preflight | None = None, sync_commands: bool = True,
+                 status_edit_interval: float = 5.0, **options: Any) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned, help_command=None, intents=discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(), tree_cls=VastopsTree, **options,
+        )
+        self.settings = settings
+        self.store = store
+        self.vast = vast
+        self.engine = engine
+        self.rentals = rentals
+        self.clock = clock
+        self.render = render or Render(engine.redactor)
+        self.preflight = preflight
+        self.sync_commands = sync_commands
+        from cogs.watcher import ChannelNotifier
+
+        self.notifier = ChannelNotifier(self, min_edit_interval=status_edit_interval)
+        self.synced: list[app_commands.AppCommand] = []
+
+    async def setup_hook(self) -> None:
+        from cogs.approvals import ApprovalButton
+        from cogs.destroy import CancelButton, DestroyConfirmButton
+        from cogs.status import OrphanDestroyButton
+
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(ApprovalButton, DestroyConfirmButton, CancelButton, OrphanDestroyButton)
+        if self.sync_commands and self.settings.discord_guild_id is not None:
+            guild = discord.Object(id=self.settings.discord_guild_id)
+            # Guild commands show up at once (global ones can take an hour) and this bot serves one guild.
+            self.tree.copy_global_to(guild=guild)
+            self.synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(self.synced), guild.id)
+        if self.engine.notifier is None:
+            self.engine.notifier = self.notifier
+        await self.engine.start()
+
+    async def close(self) -> None:
+        try:
+            await self.engine.stop()
+            await self.notifier.close()
+        except Exception:
+            log.exception("stopping the watch engine failed")
+        await super().close()
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        log.exception("unhandled error in %s", event_method)
+
+    async def report_interaction_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
+        """Answer the user with a short, safe message and log the details (with a reference to match them)."""
+        ref = secrets.token_hex(3)
+        text = user_message(error)
+        expected = isinstance(error, app_commands.CheckFailure | app_commands.CommandNotFound
+                              | app_commands.TransformerError | app_commands.CommandSignatureMismatch)
+        if expected:
+            log.info("interaction %s refused: %s", interaction.id, error)
+        else:
+            cause = getattr(error, "original", None) or error
+            log.error("interaction %s failed (ref %s)", interaction.id, ref, exc_info=cause)
+            text = f"{text} (ref `{ref}`; the details are in the bot's log)."
+        from cogs.common import answer
+
+        await answer(interaction, self.render.content(text))
+
+
+def run(settings: Settings) -> int:
+    """``python -m bot run``: the bot until interrupted. Returns the process exit code."""
+    missing = settings.missing_for("run")
+    if missing:
+        raise ConfigError([f"{name} is not set: {why}" for name, why in missing])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock: Clock,
+                    engine_options: dict[str, Any] | None = None, **bot_options: Any) -> VastopsBot:
+    """Wire the engine, the rental service and the bot around an open store and Vast client."""
+    from bot.watch.engine import WatchPolicy
+    from bot.watch.redact import Redactor
+
+    redactor = Redactor(settings.secret_values())
+    engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
+                         redactor=redactor, notifier=None, **(engine_options or {}))
+    preflight = bot_options.pop("preflight", None) or (_load_preflight() if settings.provision_script_url else None)
+    rentals = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
+                            preflight=preflight)
+    bot = VastopsBot(settings=settings, store=store, vast=vast, engine=engine, rentals=rentals, clock=clock,
+                     render=Render(redactor), preflight=preflight, **bot_options)
+    engine.notifier = bot.notifier
+    return bot
+
+
+async def _run(settings: Settings) -> int:
+    from bot.backend import open_vast
+
+    assert settings.discord_token is not None
+    clock = SystemClock()
+    store = await Store.open(settings.database_path)
+    try:
+        async with open_vast(settings, clock) as vast:
+            bot = await build_bot(settings, store=store, vast=vast, clock=clock)
+            async with bot:
+                try:
+                    await bot.start(settings.discord_token.get_secret_value())
+                except discord.LoginFailure:
+                    log.error("Discord refused DISCORD_TOKEN; reset it in the developer portal (Bot > Reset Token)")
+                    return 2
+                except discord.PrivilegedIntentsRequired:
+                    log.error("Discord refused the gateway intents; this bot needs none of the privileged ones")
+                    return 2
+    finally:
+        await store.close()
+    return 0

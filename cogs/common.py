@@ -1,0 +1,254 @@
+"""Discord-side helpers shared by the cogs and the channel watcher (not an extension).
+
+Who counts as an approver, answering an interaction whatever state it is in, the rental
+argument (parse + autocomplete), and the one status view of a rental that both ``/status`` and
+the watcher's in-place status message show.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from bot.db.models import ACTIVE_STATES, OPEN_STATES, Rental, RentalState
+from bot.durations import format_duration
+from bot.render import CHOICE_NAME_LIMIT, Render, Reply, money, progress_bar, timestamp, truncate
+from bot.watch.cost import CostMeter
+from bot.watch.model import Milestone
+
+if TYPE_CHECKING:
+    from bot.app import VastopsBot
+
+log = logging.getLogger(__name__)
+
+# The milestones every healthy run passes, in order (tunnel/portal are extras, shown when seen).
+MILESTONE_PATH: tuple[Milestone, ...] = (
+    Milestone.INSTANCE_CREATED, Milestone.CONTAINER_RUNNING, Milestone.SSH_READY,
+    Milestone.PROVISIONING_STARTED, Milestone.SCRIPT_FETCHED, Milestone.PACKAGES_INSTALLED,
+    Milestone.TORCH_READY, Milestone.NODES_INSTALLED, Milestone.MODELS_DOWNLOADED,
+    Milestone.PROVISIONING_COMPLETE, Milestone.COMFYUI_READY,
+)
+EXTRA_MILESTONES = (Milestone.TUNNEL_READY, Milestone.PORTAL_READY)
+
+STATE_BADGE: dict[RentalState, str] = {
+    RentalState.REQUESTED: "📝", RentalState.AWAITING_APPROVAL: "⏳", RentalState.APPROVED: "👍",
+    RentalState.DENIED: "🚫", RentalState.EXPIRED: "⌛", RentalState.CREATING: "🛠️",
+    RentalState.PROVISIONING: "🟡", RentalState.READY: "🟢", RentalState.DEGRADED: "🟠",
+    RentalState.FAILED: "🔴", RentalState.TEARING_DOWN: "🧹", RentalState.DESTROYED: "⚫",
+    RentalState.CREATE_FAILED: "❌",
+}
+STATE_COLOUR: dict[RentalState, int] = {
+    RentalState.PROVISIONING: 0xF1C40F, RentalState.READY: 0x2ECC71, RentalState.DEGRADED: 0xE67E22,
+    RentalState.FAILED: 0xE74C3C, RentalState.TEARING_DOWN: 0x95A5A6, RentalState.DESTROYED: 0x2C2F33,
+    RentalState.CREATE_FAILED: 0xE74C3C, RentalState.CREATING: 0x3498DB,
+}
+
+_SAFE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~/?#=&%+-]*)?$")
+
+
+def vbot(interaction: discord.Interaction[Any]) -> VastopsBot:
+    return interaction.client  # type: ignore[return-value]
+
+
+def is_approver(approver_role_id: int | None, user: discord.abc.User | discord.Member) -> bool:
+    """Does ``user`` hold the approver role? Fails closed: no role configured or no member info → no."""
+    if approver_role_id is None or not isinstance(user, discord.Member):
+        return False
+    if any(role.id == approver_role_id for role in user.roles):
+        return True
+    # Member.roles only lists roles the guild cache knows; the interaction's own role ids are the truth.
+    return approver_role_id in getattr(user, "_roles", ())
+
+
+def user_name(user: discord.abc.User | discord.Member) -> str:
+    return getattr(user, "display_name", None) or user.name
+
+
+async def answer(interaction: discord.Interaction[Any], text: str | None = None, *,
+                 reply: Reply | None = None, ephemeral: bool = True) -> None:
+    """Tell the user something whatever state the interaction is in.
+
+    Not answered yet: the initial response. Answered (or deferred): a followup while the
+    15-minute token lives. Token dead: a plain message in the channel (visible to all, so the
+    text must be fit for that; it mentions the user without pinging anyone else).
+    """
+    reply = reply or Reply(content=text)
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(ephemeral=ephemeral, **reply.kwargs())
+        elif not interaction.is_expired():
+            await interaction.followup.send(ephemeral=ephemeral, **reply.kwargs())
+        elif interaction.channel is not None and isinstance(interaction.channel, discord.abc.Messageable):
+            content = f"{interaction.user.mention} {reply.content or ''}"
+            await interaction.channel.send(
+                **{**reply.kwargs(), "content": truncate(content, 2000)},
+                allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False, roles=False),
+            )
+    except discord.HTTPException:
+        log.warning("could not answer interaction %s", interaction.id, exc_info=True)
+
+
+# ---------------------------------------------------------------- rental arguments
+
+
+def rental_choice_name(rental: Rental) -> str:
+    gpu = f"{rental.gpu_name or '?'} ×{rental.num_gpus or 1}"
+    return truncate(f"#{rental.id} {rental.label} · {gpu} · {rental.state.value}", CHOICE_NAME_LIMIT)
+
+
+async def rental_choices(bot: VastopsBot, interaction: discord.Interaction[Any],
+                         current: str) -> list[app_commands.Choice[str]]:
+    """The user's open rentals matching what they typed (approvers also see everyone else's)."""
+    text = current.strip().lstrip("#")
+    found: list[Rental] = []
+    if text.isdigit():
+        rental = await bot.store.get_rental(int(text))
+        if rental is not None and rental.state in OPEN_STATES:
+            found.append(rental)
+    own = await bot.store.search_rentals_for_autocomplete(interaction.user.id, "" if text.isdigit() else text,
+                                                          limit=25)
+    found += [r for r in own if r.id not in {f.id for f in found}]
+    if len(found) < 25 and is_approver(bot.settings.approver_role_id, interaction.user):
+        others = await bot.store.search_rentals_for_autocomplete(None, "" if text.isdigit() else text, limit=25)
+        found += [r for r in others if r.id not in {f.id for f in found}]
+    return [app_commands.Choice(name=rental_choice_name(r), value=str(r.id)) for r in found[:25]]
+
+
+async def find_rental(bot: VastopsBot, text: str) -> Rental | None:
+    """A rental from what the user submitted: the autocomplete value (id), ``#id`` or a label."""
+    text = text.strip()
+    head = text.lstrip("#").split(" ", 1)[0]
+    if head.isdigit():
+        return await bot.store.get_rental(int(head))
+    return await bot.store.get_rental_by_label(text)
+
+
+# ---------------------------------------------------------------- the status view of a rental
+
+
+@dataclass
+class Progress:
+    """What the watch knows about a rental beyond its row."""
+
+    milestones: dict[str, float] = field(default_factory=dict)
+    noise: int = 0
+    warnings: int = 0
+    verdict: str | None = None
+
+
+async def rental_progress(bot: VastopsBot, rental: Rental) -> Progress:
+    """From the engine's live watch when it has one (no database work), else the stored watch state."""
+    watch = bot.engine.watches.get(rental.id)
+    data: dict[str, Any]
+    if watch is not None:
+        data = watch.memory.to_json()
+    else:
+        state = await bot.store.get_watch_state(rental.id)
+        data = state.data if state else {}
+    findings = data.get("findings") or []
+    return Progress(
+        milestones=dict(data.get("milestones") or {}),
+        noise=sum((data.get("noise") or {}).values()),
+        warnings=sum(1 for f in findings if f.get("severity") in ("warn", "error", "fatal")),
+        verdict=data.get("verdict"),
+    )
+
+
+def cost_to_date(rental: Rental, now: float) -> float | None:
+    dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
+    if dph is None or rental.started_at is None:
+        return None
+    return CostMeter(dph, rental.started_at).cost_at(rental.ended_at or now)
+
+
+def link(render: Render, label: str, url: str | None) -> str | None:
+    if not url:
+        return None
+    url = render.redact(url)
+    if _SAFE_URL.match(url):
+        return f"[{label}](<{url}>)"
+    return f"{label}: {render.inline(url, 120)}"
+
+
+def milestone_line(progress: Progress) -> str:
+    reached = [m for m in MILESTONE_PATH if m.value in progress.milestones]
+    bar = progress_bar(len(reached), len(MILESTONE_PATH))
+    upcoming = next((m for m in MILESTONE_PATH if m.value not in progress.milestones), None)
+    tail = f" · next: {upcoming.value.replace('_', ' ')}" if upcoming else " · ComfyUI ready"
+    return bar + tail
+
+
+def status_title(rental: Rental) -> str:
+    badge = STATE_BADGE.get(rental.state, "•")
+    gpu = f"{rental.gpu_name or 'GPU'} ×{rental.num_gpus or 1}"
+    return f"{badge} Rental #{rental.id} · {gpu} · {rental.state.value.replace('_', ' ')}"
+
+
+def status_embed(render: Render, rental: Rental, progress: Progress, now: float) -> discord.Embed:
+    """The one in-place status message of a rental (and ``/status rental``)."""
+    start = rental.started_at or rental.created_at
+    end = rental.ended_at if rental.is_terminal and rental.ended_at else now
+    dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
+    cost = cost_to_date(rental, now)
+    lines = [
+        f"{render.inline(rental.label, 60)} · requested by {render.text(rental.requester_name or '?', 80)}",
+        milestone_line(progress),
+        f"⏱ {'ran' if rental.is_terminal else 'up'} {format_duration(end - start)}"
+        f" · 💵 {money(dph, 3)}/h · {money(cost)} so far",
+    ]
+    links = [x for x in (link(render, "ComfyUI", rental.comfyui_url), link(render, "tunnel", rental.tunnel_url))
+             if x]
+    if links:
+        lines.append("🔗 " + " · ".join(links))
+    extras = [m.value.replace("_", " ") for m in EXTRA_MILESTONES if m.value in progress.milestones]
+    if extras:
+        lines.append("➕ " + ", ".join(extras))
+    notes = []
+    if progress.warnings:
+        notes.append(f"⚠️ {progress.warnings} finding(s) posted")
+    if progress.noise:
+        notes.append(f"🔇 {progress.noise} harmless platform line(s) ignored")
+    if notes:
+        lines.append(" · ".join(notes))
+    if rental.state_reason:
+        lines.append(f"ℹ️ {render.text(rental.state_reason, 300)}")
+    reached = sorted(((ts, name) for name, ts in progress.milestones.items()), key=lambda x: x[0])
+    timeline = "\n".join(f"✅ {name.replace('_', ' ')} · +{format_duration(ts - start)}" for ts, name in reached)
+    footer = f"instance {rental.instance_id or '—'} · offer {rental.offer_id or '—'} · {rental.geolocation or ''}"
+    return render.embed(
+        title=status_title(rental), description="\n".join(lines),
+        colour=STATE_COLOUR.get(rental.state, 0x7289DA),
+        fields=[("Milestones", timeline, False)] if timeline else [],
+        footer=footer,
+    )
+
+
+def status_summary_line(render: Render, rental: Rental, progress: Progress, now: float) -> tuple[str, str]:
+    """One embed field (name, value) per rental for the ``/status`` overview."""
+    start = rental.started_at or rental.created_at
+    dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
+    value = [
+        f"{render.inline(rental.label, 40)} · {render.text(rental.requester_name or '?', 40)}",
+        milestone_line(progress),
+        f"⏱ up {format_duration(now - start)} · {money(dph, 3)}/h · {money(cost_to_date(rental, now))} so far",
+    ]
+    links = [x for x in (link(render, "ComfyUI", rental.comfyui_url), link(render, "tunnel", rental.tunnel_url))
+             if x]
+    if links:
+        value.append("🔗 " + " · ".join(links))
+    return status_title(rental), "\n".join(value)
+
+
+def is_watched(rental: Rental) -> bool:
+    return rental.state in ACTIVE_STATES
+
+
+__all__ = [
+    "MILESTONE_PATH", "Progress", "answer", "cost_to_date", "find_rental", "is_approver", "rental_choices",
+    "rental_progress", "status_embed", "status_summary_line", "timestamp", "user_name", "vbot",
+]

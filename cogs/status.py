@@ -1,0 +1,155 @@
+"""/status: every active rental at a glance (or one in detail), and billing instances the bot does not know."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.db.models import RentalState
+from bot.render import Reply, money
+from bot.rentals import DecisionResult
+from bot.vast.errors import VastError
+from bot.vast.models import Instance
+from cogs.common import (
+    answer,
+    cost_to_date,
+    find_rental,
+    is_approver,
+    rental_choices,
+    rental_progress,
+    status_embed,
+    status_summary_line,
+    user_name,
+    vbot,
+)
+
+if TYPE_CHECKING:
+    from bot.app import VastopsBot
+
+log = logging.getLogger(__name__)
+
+ORPHAN_TEMPLATE = r"vastops:orphan:(?P<instance>\d+)(?P<confirm>:confirm)?"
+MAX_RENTAL_FIELDS = 18
+MAX_ORPHAN_BUTTONS = 10
+
+
+class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=ORPHAN_TEMPLATE):
+    """Destroy an instance the bot does not know: first click asks, the second (``:confirm``) destroys."""
+
+    def __init__(self, instance_id: int, *, confirm: bool = False) -> None:
+        super().__init__(discord.ui.Button(
+            label=f"{'Yes, destroy' if confirm else 'Destroy'} {instance_id}",
+            style=discord.ButtonStyle.danger,
+            custom_id=f"vastops:orphan:{instance_id}{':confirm' if confirm else ''}",
+        ))
+        self.instance_id, self.confirm = instance_id, confirm
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> OrphanDestroyButton:
+        return cls(int(match["instance"]), confirm=bool(match["confirm"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = vbot(interaction)
+        try:
+            await self._click(bot, interaction)
+        except Exception as exc:
+            await bot.report_interaction_error(interaction, exc)
+
+    async def _click(self, bot: VastopsBot, interaction: discord.Interaction[Any]) -> None:
+        approver = is_approver(bot.settings.approver_role_id, interaction.user)
+        if not approver:
+            await answer(interaction, "Only approvers can destroy instances the bot does not know.")
+            return
+        if not self.confirm:
+            view = discord.ui.View(timeout=None)
+            view.add_item(OrphanDestroyButton(self.instance_id, confirm=True))
+            await interaction.response.send_message(
+                f"Destroy Vast instance {self.instance_id}? The bot has no rental for it; whatever runs there is lost.",
+                view=view, ephemeral=True)
+            return
+        await interaction.response.edit_message(content=f"⏳ Destroying instance {self.instance_id}…", view=None)
+        decision = await bot.rentals.destroy_unknown_instance(
+            self.instance_id, user_id=interaction.user.id, user_name=user_name(interaction.user), is_approver=approver)
+        icon = "✅" if decision.result == DecisionResult.APPROVED else "⚠️"
+        await interaction.edit_original_response(content=bot.render.content(f"{icon} {decision.message}"))
+
+
+def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:
+    r = bot.render
+    name = f"⚠️ Instance {inst.id} · not known to the bot"
+    value = (f"{r.text(inst.gpu_name or '?', 40)} ×{inst.num_gpus or 1} · {r.text(inst.actual_status or '?', 30)} · "
+             f"{money(inst.dph_total, 3)}/h · label {r.inline(inst.label or '—', 60)}\nStill billing: destroy it "
+             "if nobody needs it.")
+    return name, value
+
+
+class Status(commands.Cog):
+    def __init__(self, bot: VastopsBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="status", description="Active rentals, their progress and cost, and unknown instances")
+    @app_commands.guild_only()
+    @app_commands.describe(rental="one rental in detail (default: all active rentals)")
+    async def status(self, interaction: discord.Interaction[Any], rental: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        bot = self.bot
+        now = bot.clock.now()
+        if rental is not None:
+            found = await find_rental(bot, rental)
+            if found is None:
+                await answer(interaction, f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
+                return
+            embed = status_embed(bot.render, found, await rental_progress(bot, found), now)
+            await interaction.edit_original_response(embeds=[embed])
+            return
+
+        active = await bot.store.active_rentals()
+        waiting = await bot.store.list_rentals(states=[RentalState.AWAITING_APPROVAL], limit=25)
+        unknown: list[Instance] = []
+        vast_note = ""
+        try:
+            unknown = await bot.rentals.unknown_instances()
+        except VastError as exc:
+            vast_note = f"\n⚠️ Could not list the Vast account's instances: {bot.render.text(str(exc), 200)}"
+        fields: list[tuple[str, str, bool]] = []
+        for item in active[:MAX_RENTAL_FIELDS]:
+            name, value = status_summary_line(bot.render, item, await rental_progress(bot, item), now)
+            fields.append((name, value, False))
+        if len(active) > MAX_RENTAL_FIELDS:
+            fields.append(("…", f"{len(active) - MAX_RENTAL_FIELDS} more: use /status rental:<id>", False))
+        for inst in unknown[:MAX_ORPHAN_BUTTONS]:
+            name, value = orphan_line(bot, inst)
+            fields.append((name, value, False))
+        rate = sum((r.dph_total or r.quoted_dph or 0.0) for r in active)
+        spent = sum(cost_to_date(r, now) or 0.0 for r in active)
+        summary = (f"**{len(active)}** active rental(s) · {money(rate, 3)}/h · {money(spent)} so far"
+                   f"{f' · {len(waiting)} awaiting approval' if waiting else ''}"
+                   f"{f' · **{len(unknown)} unknown instance(s) billing**' if unknown else ''}{vast_note}")
+        if not active and not unknown:
+            summary += "\nNothing is running. Use /rent to start."
+        embed = bot.render.embed(title="vastops status", description=summary, fields=fields,
+                                 colour=0xE67E22 if unknown else 0x2ECC71)
+        view: discord.ui.View | None = None
+        if unknown:
+            view = discord.ui.View(timeout=None)
+            for inst in unknown[:MAX_ORPHAN_BUTTONS]:
+                view.add_item(OrphanDestroyButton(inst.id))
+        kwargs = Reply(embeds=[embed]).edit_kwargs()
+        if view is not None:
+            kwargs["view"] = view
+        await interaction.edit_original_response(**kwargs)
+
+    @status.autocomplete("rental")
+    async def rental_autocomplete(self, interaction: discord.Interaction[Any],
+                                  current: str) -> list[app_commands.Choice[str]]:
+        return await rental_choices(self.bot, interaction, current)
+
+
+async def setup(bot: VastopsBot) -> None:
+    await bot.add_cog(Status(bot))
