@@ -146,12 +146,25 @@ class FakeGistHost:
 
     async def _serve(self, request: web.Request) -> web.Response:
         self.hits.append(request.path)
+        if request.path.startswith("/gists/"):
+            return self._gist_api(request.path.removeprefix("/gists/").strip("/"))
         # GitHub's raw host answers a missing file or revision with a 14-byte text body.
         if request.path != self.scenario.script_path or self.scenario.script_status != 200:
             status = self.scenario.script_status if request.path == self.scenario.script_path else 404
             return web.Response(status=status, text="404: Not Found")
         return web.Response(body=self.body if request.method != "HEAD" else None,
                             content_type="text/plain", headers={"Content-Length": str(len(self.body))})
+
+
+    def _gist_api(self, gist_id: str) -> web.Response:
+        # GitHub's gist API: the files the gist holds and its revision history (newest first).
+        parts = self.scenario.script_path.strip("/").split("/")
+        if len(parts) < 2 or parts[1] != gist_id:
+            return web.json_response({"message": "Not Found"}, status=404)
+        files = {name: {"filename": name, "raw_url": f"{self.base_url}/{parts[0]}/{gist_id}/raw/{name}"}
+                 for name in self.scenario.gist_files}
+        history = [{"version": "c0ffee" + "0" * 34}, {"version": "b4dcafe" + "0" * 33}]
+        return web.json_response({"id": gist_id, "files": files, "history": history})
 
 
 def _script_body() -> bytes:
@@ -214,7 +227,8 @@ class RehearsalStage:
             loading_to_running=max(0.0, scenario.running_at - _SIM_PRE_LOADING), logs_delay=logs_delay,
         )
         self.sim.on_create = self._on_create
-        self.gist = FakeGistHost(scenario, _script_body())
+        body = scenario.script_body.encode() if scenario.script_body is not None else _script_body()
+        self.gist = FakeGistHost(scenario, body)
         self.settings: Settings | None = None
         self._started = False
 
@@ -532,7 +546,7 @@ async def play(
     try:
         if on_stage is not None:
             await on_stage(stage)
-        result.preflight, result.preflight_blocked = await _preflight(settings)
+        result.preflight, result.preflight_blocked = await _preflight(settings, stage.gist.base_url)
         service = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
                                 preflight=None)
         rental = await _rent(service, stage, result)
@@ -550,12 +564,12 @@ async def play(
     return result
 
 
-async def _preflight(settings: Settings) -> tuple[Any, bool | None]:
+async def _preflight(settings: Settings, gist_api_base: str) -> tuple[Any, bool | None]:
     try:
         from bot.provisioning.preflight import preflight  # type: ignore[import-not-found]
     except ImportError:
         return None, None
-    report = await preflight(settings)
+    report = await preflight(settings, gist_api_base=gist_api_base)
     return report, not bool(getattr(report, "ok", True))
 
 

@@ -21,6 +21,10 @@ _VERDICTS = ("ready", "degraded", "failed", "in_progress")
 _TARGETS = ("both", "log", "container")
 
 
+# The script URL's path on the stage's fake gist host: /<user>/<gist id>/raw/<file>.
+DEFAULT_SCRIPT_PATH = "/vastops/5f1e0c2a9b7d4e3f8a6c1b2d0e9f7a6c/raw/provision.sh"
+
+
 class ScenarioError(ValueError):
     """A scenario file is malformed; the message names the file and the key."""
 
@@ -84,10 +88,11 @@ class Scenario:
     audit: str  # which failure of the audit this rehearses
     catalogue: str = "default"
     settings: dict[str, Any] = field(default_factory=dict)
-    script_path: str = "/vastops/5f1e0c2a/raw/provision.sh"  # path of the script URL on the fake gist host
+    script_path: str = DEFAULT_SCRIPT_PATH  # path of the script URL on the fake gist host
     script_status: int = 200  # what the gist host answers for that path
     gist_files: tuple[str, ...] = ("provision.sh",)
     script_log: str | None = None  # where the script writes its log (None: the configured path)
+    script_body: str | None = None  # what the script URL serves (None: this checkout's deploy/provision.sh)
     running_at: float = 40.0
     ssh_at: float = 45.0
     ssh_never: bool = False
@@ -198,10 +203,10 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
         name=str(data.get("name", name)), title=str(_req(data, "title", where)),
         audit=str(data.get("audit", "")), catalogue=str(data.get("catalogue", "default")),
         settings=dict(data.get("settings", {})),
-        script_path=str(script.get("path", Scenario.script_path)),
+        script_path=str(script.get("path", DEFAULT_SCRIPT_PATH)),
         script_status=int(script.get("status", 200)),
         gist_files=tuple(script.get("gist_files", ("provision.sh",))),
-        script_log=script.get("log"),
+        script_log=script.get("log"), script_body=script.get("body"),
         running_at=float(boot.get("running_at", 40.0)), ssh_at=float(boot.get("ssh_at", 45.0)),
         ssh_never=bool(boot.get("ssh_never", False)),
         steps=tuple(sorted(steps, key=lambda s: s.at)), expect=expect, baseline=baseline,
