@@ -79,7 +79,7 @@ class VastopsBot(commands.Bot):
     def __init__(self, *, settings: Settings, store: Store, vast: VastClient, engine: WatchEngine,
                  rentals: RentalService, clock: Clock, render: Render | None = None,
                  preflight: Preflight | None = None, sync_commands: bool = True,
-                 status_edit_interval: float = 5.0, **options: Any) -> None:
+                 status_edit_interval: float = 5.0, watch_loop: bool = True, **options: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned, help_command=None, intents=discord.Intents.default(),
             allowed_mentions=discord.AllowedMentions.none(), tree_cls=VastopsTree, **options,
@@ -93,6 +93,8 @@ class VastopsBot(commands.Bot):
         self.render = render or Render(engine.redactor)
         self.preflight = preflight
         self.sync_commands = sync_commands
+        # False: the engine is only re-attached, and whoever drives it calls engine.tick() (tests, bench).
+        self.watch_loop = watch_loop
         from cogs.watcher import ChannelNotifier
 
         self.notifier = ChannelNotifier(self, min_edit_interval=status_edit_interval)
@@ -114,7 +116,10 @@ class VastopsBot(commands.Bot):
             log.info("synced %d commands to guild %s", len(self.synced), guild.id)
         if self.engine.notifier is None:
             self.engine.notifier = self.notifier
-        await self.engine.start()
+        if self.watch_loop:
+            await self.engine.start()
+        else:
+            await self.engine.reattach()
 
     async def close(self) -> None:
         try:

@@ -153,8 +153,8 @@ class Rent(commands.Cog):
     )
     async def rent(
         self, interaction: discord.Interaction[Any], gpu: app_commands.Range[str, 1, 40] | None = None,
-        num_gpus: app_commands.Range[int, 1, 8] = 1, min_vram: app_commands.Range[float, 1, 200] | None = None,
-        max_price: app_commands.Range[float, 0.01, 200] | None = None,
+        num_gpus: app_commands.Range[int, 1, 8] = 1, min_vram: app_commands.Range[float, 1.0, 200.0] | None = None,
+        max_price: app_commands.Range[float, 0.01, 200.0] | None = None,
         disk: app_commands.Range[int, 10, 2000] | None = None,
         excluded_countries: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
