@@ -19,6 +19,8 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # Held until set (or 5 s): lets a test see its client give up first.
+    hold: threading.Event | None = None
 
 
 class WebServer:
@@ -33,6 +35,8 @@ class WebServer:
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 route = server.routes.get(self.path.split("?", 1)[0], Route(404, b"404: Not Found"))
+                if route.hold is not None:
+                    route.hold.wait(5)
                 self.send_response(route.status)
                 for key, value in route.headers.items():
                     self.send_header(key, value)
