@@ -136,12 +136,14 @@ def onstart_script(*, entrypoint: str | None = VASTAI_ENTRYPOINT) -> str:
         '-w "%{http_code}" "$U") || vastops_missing "download failed: http ${C:-000}, curl exit $?"',
         '[ -s "$F.part" ] || vastops_missing "empty body (http $C)"',
         'if [ "$(head -c 2 "$F.part")" != "#!" ]; then',
-        '  vastops_missing "not a shell script: starts with $(head -c 24 "$F.part" | tr -cd \'A-Za-z0-9 <>!/._-\')"',
+        '  vastops_missing "not a shell script: starts with '
+        '$(head -c 24 "$F.part" | tr -cd \'A-Za-z0-9 <>!/._-\')"',
         "fi",
         f'W=$(printf %s "${{{ENV_SCRIPT_SHA256}:-}}" | tr A-F a-f)',
         'if [ -n "$W" ]; then',
         '  S=$(sha256sum "$F.part" | cut -d" " -f1)',
-        '  [ "$S" = "$W" ] || vastops_missing "sha256 mismatch: got $(printf %.12s "$S") want $(printf %.12s "$W")"',
+        '  [ "$S" = "$W" ] || '
+        'vastops_missing "sha256 mismatch: got $(printf %.12s "$S") want $(printf %.12s "$W")"',
         "fi",
         'mv -f "$F.part" "$F"',
         f'O="${{{ENV_STDOUT}:-{DEFAULT_STDOUT}}}"',
@@ -159,7 +161,9 @@ def onstart_script(*, entrypoint: str | None = VASTAI_ENTRYPOINT) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vast_limit_problems(env: Mapping[str, str], onstart: str, *, label: str = "", image: str = "") -> list[str]:
+def vast_limit_problems(
+    env: Mapping[str, str], onstart: str, *, label: str = "", image: str = ""
+) -> list[str]:
     """Every way ``env``/``onstart``/``label``/``image`` break Vast's create limits, one line each."""
     problems: list[str] = []
     for key, value in env.items():
@@ -220,7 +224,9 @@ def build_launch(
     if settings.provision_script_sha256:
         env[ENV_SCRIPT_SHA256] = settings.provision_script_sha256
     for env_name, setting in (
-        (ENV_NODES, "provision_nodes"), (ENV_MODELS, "provision_models"), (ENV_MANIFEST, "provision_manifest"),
+        (ENV_NODES, "provision_nodes"),
+        (ENV_MODELS, "provision_models"),
+        (ENV_MANIFEST, "provision_manifest"),
     ):
         value = _optional_setting(settings, setting)
         if value is not None:
