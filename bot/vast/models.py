@@ -240,6 +240,7 @@ class OfferQuery(BaseModel):
     min_cuda: float | None = Field(default=None, ge=0)
     excluded_countries: list[str] = Field(default_factory=lambda: ["CN", "UA"])
     excluded_machines: list[int] = Field(default_factory=list)
+    offer_ids: list[int] | None = None  # only these offers (re-checking a quoted offer before renting)
     limit: int = Field(default=20, ge=1, le=1000)
 
     @field_validator("gpu_names")
@@ -294,6 +295,8 @@ class OfferQuery(BaseModel):
             body["geolocation"] = {"notin": list(self.excluded_countries)}
         if self.excluded_machines:
             body["machine_id"] = {"notin": list(self.excluded_machines)}
+        if self.offer_ids:
+            body["id"] = {"in": list(self.offer_ids)}
         body["order"] = [["dph_total", "asc"]]
         body["type"] = "on-demand"
         body["allocated_storage"] = self.disk_gb
@@ -311,6 +314,8 @@ class OfferQuery(BaseModel):
             return f"geolocation {offer.geolocation!r} has no recognisable country"
         if country in self.excluded_countries:
             return f"country {country} is excluded"
+        if self.offer_ids and offer.id not in self.offer_ids:
+            return f"offer {offer.id} not asked for"
         if offer.machine_id is not None and offer.machine_id in self.excluded_machines:
             return f"machine {offer.machine_id} is excluded"
         if offer.dph_total is None:
