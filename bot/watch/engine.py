@@ -489,6 +489,13 @@ class WatchEngine:
                     await self._confirm_comfyui(watch)
             return
         await self._milestone(watch, hit.name, {"line": hit.line, **hit.detail})
+        if (hit.name == Milestone.PROVISIONING_COMPLETE and not watch.reached(Milestone.COMFYUI_READY)
+                and watch.memory.comfy_pending is None):
+            # ComfyUI's own "To see the GUI" line goes to the container log, never to our script's
+            # log: once provisioning is complete, probe /system_stats every poll until it answers.
+            watch.memory.comfy_pending = {"after": Milestone.PROVISIONING_COMPLETE.value}
+            if watch.session is not None:
+                await self._confirm_comfyui(watch)
 
     async def _confirm_comfyui(self, watch: RentalWatch) -> None:
         pending = watch.memory.comfy_pending or {}
