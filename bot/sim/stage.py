@@ -611,7 +611,8 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
     rental_id = result.rental.id
     poll = result.poll_interval
     start = result.rental.started_at or stage.clock.now()
-    horizon = max(scenario.end_of_script, scenario.expect.signal_at or 0.0) + 8 * poll
+    ssh_at = 0.0 if scenario.ssh_never else scenario.ssh_at
+    horizon = max(scenario.end_of_script, scenario.expect.signal_at or 0.0, ssh_at) + 8 * poll
     ready_for = scenario.run_for if scenario.run_for is not None else 2 * poll
     ready_since: float | None = None
     while True:
