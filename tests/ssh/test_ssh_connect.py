@@ -85,7 +85,9 @@ async def test_rotated_host_key_raises_before_login(sim: SimSshServer, connect: 
     assert accepted.host_key_fingerprint == exc.seen_fp
 
 
-async def test_wrong_client_key_is_fatal_auth(sim: SimSshServer, connect: SessionFactory, tmp_path: Path) -> None:
+async def test_wrong_client_key_is_fatal_auth(
+    sim: SimSshServer, connect: SessionFactory, tmp_path: Path
+) -> None:
     other = tmp_path / "other" / "id_ed25519"
     make_client_key(other)
     with pytest.raises(SshFatal) as err:
@@ -101,7 +103,9 @@ async def test_only_root_may_log_in(sim: SimSshServer, connect: SessionFactory) 
     assert err.value.kind == "auth"
 
 
-async def test_missing_key_file_is_fatal_auth(sim: SimSshServer, connect: SessionFactory, tmp_path: Path) -> None:
+async def test_missing_key_file_is_fatal_auth(
+    sim: SimSshServer, connect: SessionFactory, tmp_path: Path
+) -> None:
     with pytest.raises(SshFatal) as err:
         await connect(sim, key_path=tmp_path / "nope")
     assert err.value.kind == "auth"

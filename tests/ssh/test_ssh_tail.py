@@ -62,7 +62,9 @@ async def test_max_bytes_caps_a_poll_and_the_next_poll_continues(session: SshLog
     assert first.data + rest.data == data and rest.behind == 0
 
 
-async def test_replaced_by_shorter_file_is_rotation_read_from_zero(session: SshLogSession, root: Path) -> None:
+async def test_replaced_by_shorter_file_is_rotation_read_from_zero(
+    session: SshLogSession, root: Path
+) -> None:
     append(root, LOG, b"old line\n" * 100)
     offset = (await session.read_new(LOG, 0)).new_offset
     # log-tee style: a new, shorter file at the same path (new inode).
