@@ -1,0 +1,253 @@
+"""End to end: the real VastopsBot (unmodified discord.py) against the fake Discord, with the Vast
+simulator, a real asyncssh server per instance (the rehearsal stage) and the watch engine ticked
+on a FakeClock."""
+
+# ruff: noqa: ASYNC109
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.app import VastopsBot, build_bot
+from bot.clock import FakeClock
+from bot.db.models import RentalState
+from bot.db.store import Store
+from bot.render import check_limits
+from bot.settings import Settings
+from bot.sim.scenarios import load_scenario
+from bot.sim.stage import SIM_API_KEY, RehearsalStage
+from bot.vast.client import NO_SPACING, VastClient
+from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot
+from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+
+REQUESTER, APPROVER, APPROVER2, OUTSIDER = 3001, 3002, 3003, 3004
+FAKE_HF_TOKEN = "hf_" + "Zq9XvB3k" * 5
+POLL = 15.0
+
+
+def _members(fake: FakeDiscord) -> None:
+    fake.add_member(REQUESTER, "rita")
+    fake.add_member(APPROVER, "ada", roles=[APPROVER_ROLE_ID])
+    fake.add_member(APPROVER2, "bea", roles=[APPROVER_ROLE_ID])
+    fake.add_member(OUTSIDER, "otto")
+
+
+@dataclass
+class Stack:
+    fake: FakeDiscord
+    clock: FakeClock
+    stage: RehearsalStage
+    settings: Settings
+    store: Store
+    vast: VastClient
+    bot: VastopsBot
+
+    @property
+    def notify(self) -> list[StoredMessage]:
+        return self.fake.messages_in(NOTIFY_CHANNEL_ID)
+
+    async def drive(self, until: Callable[[], Any], polls: int = 40) -> None:
+        """Tick the engine once per poll interval of simulated time until ``until()`` is truthy."""
+        for _ in range(polls):
+            await self.bot.engine.tick()
+            if await until():
+                break
+            await self.clock.advance(POLL, step=1.0)
+        await self.bot.notifier.flush()
+
+
+async def _open_bot(fake: FakeDiscord, stage: RehearsalStage, clock: FakeClock,
+                    settings: Settings) -> tuple[Store, VastClient, VastopsBot]:
+    store = await Store.open(settings.database_path)
+    vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock, min_spacing=NO_SPACING)
+    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=False, preflight=None)
+    return store, vast, bot
+
+
+@contextlib.asynccontextmanager
+async def stack(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[Stack]:
+    clock = FakeClock()
+    stage = RehearsalStage(load_scenario("happy"), clock, workdir=tmp_path / "stage", logs_delay=0.0)
+    settings = await stage.start(
+        discord_token="fake-token.not.real", discord_guild_id=GUILD_ID, notify_channel_id=NOTIFY_CHANNEL_ID,
+        approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
+        approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0,
+    )
+    _members(fake)
+    store, vast, bot = await _open_bot(fake, stage, clock, settings)
+    try:
+        async with start_bot(bot):
+            yield Stack(fake, clock, stage, settings, store, vast, bot)
+    finally:
+        await vast.aclose()
+        await store.close()
+        await stage.stop()
+
+
+def _by_interaction(fake: FakeDiscord, inter: FakeInteraction) -> Callable[[StoredMessage], bool]:
+    return lambda m: m.interaction_id == inter.id and not m.loading
+
+
+async def _original(fake: FakeDiscord, inter: FakeInteraction, check: Callable[[StoredMessage], bool] = lambda m: True,
+                    timeout: float = 5.0) -> StoredMessage:
+    return await fake.wait_for_message(inter.channel_id or CHANNEL_ID,
+                                       lambda m: _by_interaction(fake, inter)(m) and check(m), timeout)
+
+
+async def _request_rental(s: Stack) -> tuple[StoredMessage, int]:
+    """/rent as the requester, pick the first offer; returns the approval message and its approval id."""
+    inter = await s.fake.slash("rent", {"num_gpus": 1}, user_id=REQUESTER)
+    assert (await inter.response())["type"] == 5
+    picker = await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+    assert picker.ephemeral and "offer(s), cheapest first" in picker.text()
+    pick = await s.fake.click(picker.id, picker.custom_ids()[0], user_id=REQUESTER, values=["0"])
+    assert (await pick.response())["type"] == 7
+    approval_msg = await s.fake.wait_for_message(
+        NOTIFY_CHANNEL_ID, lambda m: any(c.startswith("vastops:approval:") for c in m.custom_ids()))
+    approval_id = int(approval_msg.custom_ids()[0].split(":")[2])
+    await s.fake.wait_for_message(CHANNEL_ID, lambda m: m.id == picker.id and "waiting for an approver" in m.text())
+    return approval_msg, approval_id
+
+
+def _assert_clean(s: Stack) -> None:
+    """No request was refused by the fake (size limits, bad payloads) and nothing ever pinged @everyone."""
+    refused = [(r.method, r.path, r.status, r.response) for r in s.fake.requests if r.status >= 400]
+    assert not refused, refused
+    for inter in s.fake.interactions.values():
+        assert not inter.rejected, inter.rejected
+    for channel in (CHANNEL_ID, NOTIFY_CHANNEL_ID):
+        for msg in s.fake.messages_in(channel):
+            assert not msg.pings.everyone and not msg.pings.users
+            assert set(msg.pings.roles) <= {APPROVER_ROLE_ID}
+            assert not check_limits(msg.payload)
+
+
+async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        fake = s.fake
+        names = {c["name"] for c in fake.commands()}
+        assert names == {"rent", "status", "logs", "destroy"}
+        choices = await fake.autocomplete("rent", {"gpu": "409"}, "gpu", user_id=REQUESTER)
+        assert "RTX 4090" in [c["value"] for c in choices]
+
+        approval_msg, approval_id = await _request_rental(s)
+        assert approval_msg.pings.roles == [APPROVER_ROLE_ID]  # the one intended ping
+        approve = f"vastops:approval:{approval_id}:approve"
+
+        # A member without the approver role is refused, privately; the request stays open.
+        refused = await fake.click(approval_msg.id, approve, user_id=OUTSIDER)
+        body = await refused.response()
+        assert body["type"] == 4 and body["data"]["flags"] & 64 and "approver role" in body["data"]["content"]
+        assert fake.message(approval_msg.id).custom_ids()
+
+        # Two approvers at once: one rental, and the loser hears who won.
+        a, b = await asyncio.gather(fake.click(approval_msg.id, approve, user_id=APPROVER),
+                                    fake.click(approval_msg.id, approve, user_id=APPROVER2))
+        await a.response()
+        await b.response()
+        loser_note = await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Already approved by" in m.content)
+        assert loser_note.ephemeral
+        await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == approval_msg.id and "Approved by" in m.text()
+                                    and not m.custom_ids())
+        # The instance exists once the rental's status message is posted.
+        await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text() and "provisioning" in m.text())
+        assert len(s.stage.sim.instances) == 1
+        rental = (await s.store.list_rentals(limit=1))[0]
+        assert rental.state == RentalState.PROVISIONING and rental.instance_id in s.stage.sim.instances
+
+        # The watch: milestones edit ONE status message in place; findings are posts of their own.
+        async def settled() -> bool:
+            r = await s.store.get_rental(rental.id)
+            return r is not None and r.state in (RentalState.READY, RentalState.DEGRADED)
+
+        await s.drive(settled)
+        rental = await s.store.get_rental(rental.id)
+        assert rental is not None and rental.status_message_id is not None
+        status = fake.message(rental.status_message_id)
+        assert "ComfyUI ready" in status.text() and "11/11" in status.text()
+        assert len(status.history) >= 2  # edited in place, not re-posted
+        statuses = [m for m in s.notify if m.embeds and "Rental #" in (m.embeds[0].get("title") or "")]
+        assert [m.id for m in statuses] == [status.id]
+        assert any("WARN" in (m.embeds[0].get("title") or "") for m in s.notify if m.embeds)
+
+        # A log line with @everyone and a secret: posted without a ping and without the token.
+        inst = s.stage.instances[rental.instance_id or 0]
+        with inst.local(s.settings.provision_log_path).open("a") as fh:
+            fh.write(f"ERROR: download failed: 401 Unauthorized for token {FAKE_HF_TOKEN} @everyone ```\n")
+        await s.drive(lambda: _true(), polls=1)
+        finding = await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "401 Unauthorized" in m.text())
+        assert FAKE_HF_TOKEN not in finding.text() and "@everyone" not in finding.text()
+        assert not finding.pings.everyone
+
+        # /logs: the redacted tail; long output becomes a file.
+        logs = await fake.slash("logs", {"rental": str(rental.id), "lines": 3}, user_id=REQUESTER)
+        short = await _original(fake, logs)
+        assert "live over SSH" in short.content and "```" in short.content and not short.files
+        assert FAKE_HF_TOKEN not in short.content
+        logs = await fake.slash("logs", {"rental": str(rental.id), "lines": 5000}, user_id=REQUESTER)
+        long = await _original(fake, logs)
+        (name, data), = long.files.items()
+        assert name == f"rental-{rental.id}.log" and len(data) > 2000 and FAKE_HF_TOKEN.encode() not in data
+
+        # /status lists it with its progress.
+        st = await fake.slash("status", {}, user_id=REQUESTER)
+        overview = await _original(fake, st)
+        assert f"Rental #{rental.id}" in overview.text() and "1** active rental" in overview.text()
+
+        # /destroy: confirm privately, then the receipt in the channel once Vast confirms.
+        d = await fake.slash("destroy", {"rental": str(rental.id), "reason": "done testing"}, user_id=REQUESTER)
+        confirm = await _original(fake, d, lambda m: bool(m.custom_ids()))
+        button = next(c for c in confirm.custom_ids() if c.startswith("vastops:destroy:"))
+        done = await fake.click(confirm.id, button, user_id=REQUESTER)
+        assert (await done.response())["type"] == 7
+        receipt = await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Receipt" in m.text())
+        assert "done testing" in receipt.text() and "comfyui ready" in receipt.text()
+        await fake.wait_for_message(CHANNEL_ID, lambda m: m.id == confirm.id and "destroyed" in m.content)
+        assert not s.stage.sim.instances
+        _assert_clean(s)
+
+
+async def _true() -> bool:
+    return True
+
+
+async def test_click_on_an_expired_request(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        approval_msg, approval_id = await _request_rental(s)
+        await s.clock.advance(601)  # past APPROVAL_TIMEOUT, before the engine's sweep
+        late = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
+        body = await late.response()
+        assert body["type"] == 4 and "expired" in body["data"]["content"].lower()
+        # The sweep marks it expired and the watcher edits the message: no buttons left.
+        await s.bot.engine.tick()
+        msg = await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == approval_msg.id
+                                            and not m.custom_ids() and "Expired" in m.text())
+        assert "nothing was rented" in msg.text()
+        assert not s.stage.sim.instances
+        _assert_clean(s)
+
+
+async def test_button_survives_a_restart(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        approval_msg, approval_id = await _request_rental(s)
+        await s.bot.close()
+        # A new process: new bot, store and client on the same database file.
+        store, vast, bot = await _open_bot(s.fake, s.stage, s.clock, s.settings)
+        try:
+            async with start_bot(bot):
+                click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
+                                           user_id=APPROVER)
+                assert (await click.response())["type"] == 7
+                await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == approval_msg.id
+                                              and "Approved by ada" in m.text())
+                assert len(s.stage.sim.instances) == 1
+                rental = (await store.list_rentals(limit=1))[0]
+                assert rental.instance_id in s.stage.sim.instances
+        finally:
+            await vast.aclose()
+            await store.close()
+        _assert_clean(s)
