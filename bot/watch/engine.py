@@ -31,7 +31,7 @@ from bot.watch.cost import CostMeter
 from bot.watch.lines import LineAssembler
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.redact import Redactor
-from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, endpoint_for
+from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, best_alternative_log, endpoint_for
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class WatchMemory:
     noise: dict[str, int] = field(default_factory=dict)
     noise_posted: int = 0
     findings: list[dict[str, Any]] = field(default_factory=list)
-    last_growth: float | None = None
+    last_growth: float | None = None  # last *progress* (not noise, heartbeats or a stuck byte counter)
+    progress_bytes: dict[str, int] = field(default_factory=dict)  # model.progress bytes per file
     log_missing_since: float | None = None
     ssh_fail_since: float | None = None
     ssh_unreachable_reported: bool = False
@@ -416,8 +417,8 @@ class WatchEngine:
             })
         watch.log_offset = chunk.new_offset
         if chunk.data:
-            watch.memory.last_growth = now
-            await self._lines(watch, watch.assembler.feed(chunk.data))
+            if await self._lines(watch, watch.assembler.feed(chunk.data)):
+                watch.memory.last_growth = now
 
     async def _log_missing(self, watch: RentalWatch, now: float) -> None:
         if watch.memory.log_missing_since is None:
@@ -430,19 +431,20 @@ class WatchEngine:
         except SshTransient:
             await self._close_session(watch)
             return
-        names = [c if isinstance(c, str) else getattr(c, "path", str(c)) for c in candidates]
         configured = self.policy.log_path
-        if names:
-            text = (f"PROVISION_LOG_PATH {configured} does not exist on the instance; "
-                    f"logs that do exist: {', '.join(names[:6])}")
-            advice = (f"The script writes {names[0]} but the bot reads {configured}: the script that ran "
-                      "is not ours or ignores PROV_LOG_PATH. Fix the script or PROVISION_LOG_PATH; "
-                      "this instance is not provisioning as intended.")
-            category = Category.CONFIG
-        else:
-            text = f"PROVISION_LOG_PATH {configured} does not exist and no provisioning log is on the instance"
-            advice = "The provisioning script never started. Check PROVISION_SCRIPT_URL with `python -m bot check`."
-            category = Category.SCRIPT_MISSING
+        best = best_alternative_log(configured, candidates)
+        if best is None or "provision" not in best.path.rsplit("/", 1)[-1].lower():
+            # Only the image's own service logs (caddy, portal...): our script has not started yet
+            # (a slow script host, curl retrying). Not conclusive; the provisioning-started
+            # deadline bounds the wait.
+            return
+        names = [best.path] + [c.path for c in candidates if c.path != best.path]
+        text = (f"PROVISION_LOG_PATH {configured} does not exist on the instance; "
+                f"logs that do exist: {', '.join(names[:6])}")
+        advice = (f"The script writes {best.path} but the bot reads {configured}: the script that ran "
+                  "is not ours or ignores PROV_LOG_PATH. Fix the script or PROVISION_LOG_PATH; "
+                  "this instance is not provisioning as intended.")
+        category = Category.CONFIG
         await self._finding(watch, Finding(category, Severity.FATAL, text, advice, stops_run=True,
                                            rule="engine.log_missing"), extra={"candidates": names,
                                                                               "configured": configured})
@@ -459,13 +461,16 @@ class WatchEngine:
         new = _new_suffix(watch.memory.fallback_tail, lines)
         watch.memory.fallback_tail = lines[-50:]
         if new:
-            watch.memory.last_growth = now
-            await self._lines(watch, new)
+            if await self._lines(watch, new):
+                watch.memory.last_growth = now
 
-    async def _lines(self, watch: RentalWatch, lines: Iterable[str]) -> None:
+    async def _lines(self, watch: RentalWatch, lines: Iterable[str]) -> bool:
+        """Analyse new lines; True if any of them is progress (for the stall clock)."""
+        progressed = False
         for line in lines:
             watch.memory.lineno += 1
             outcome = watch.analysis.feed_line(line, watch.memory.lineno)
+            progressed = self._is_progress(watch, outcome) or progressed
             for hit in outcome.milestones:
                 await self._log_milestone(watch, hit)
             if outcome.finding is not None:
@@ -479,6 +484,29 @@ class WatchEngine:
                 break
         await self._noise_summary(watch)
         await self._update_verdict(watch)
+        return progressed
+
+    @staticmethod
+    def _is_progress(watch: RentalWatch, outcome: Any) -> bool:
+        # Growth is not progress (reference §2 J): platform noise, our heartbeat and a download
+        # whose byte counter stopped would otherwise keep a hung run from ever looking stalled.
+        if outcome.noise:
+            return False
+        event = outcome.event
+        if event is None:
+            return True
+        if event.ev == "heartbeat":
+            return False
+        if event.ev == "model.progress":
+            name = str(event.get("name", ""))
+            try:
+                done = int(event.get("bytes") or 0)
+            except (TypeError, ValueError):
+                return False
+            before = watch.memory.progress_bytes.get(name)
+            watch.memory.progress_bytes[name] = max(done, before or 0)
+            return before is None or done > before
+        return True
 
     async def _log_milestone(self, watch: RentalWatch, hit: MilestoneHit) -> None:
         if hit.name == Milestone.COMFYUI_READY:
@@ -635,7 +663,7 @@ class WatchEngine:
         if (last is not None and started is not None and Milestone.PROVISIONING_COMPLETE.value not in m
                 and now - last >= p.stall_timeout):
             checks.append((True, "stalled",
-                           f"the provisioning log has not grown for {format_duration(now - last)}"))
+                           f"the provisioning log has shown no progress for {format_duration(now - last)}"))
         for missed, name, text in checks:
             if missed:
                 category = Category.SSH_UNREACHABLE if name == "ssh_ready" else Category.STALLED
