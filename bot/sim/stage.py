@@ -43,6 +43,17 @@ CADDY_PORT = 8188  # Caddy in front of it: a placeholder page until ComfyUI is u
 _SIM_PRE_LOADING = 7.0
 SEVERITY_RANK = {"info": 0, "warn": 1, "error": 2, "fatal": 3}
 
+# What a vastai/comfyui image writes at boot, before any provisioning: its services' logs (the
+# portal copies keep colour; the engine's log discovery sees these next to any provisioning log).
+IMAGE_LOGS: dict[str, str] = {
+    "/var/log/portal/caddy.log": '{"level":"info","logger":"http","msg":"serving initial configuration"}\n',
+    "/var/log/portal/instance_portal.log": "INFO:     Uvicorn running on http://127.0.0.1:11111\n",
+    "/var/log/portal/tunnel_manager.log": "Tunnel manager started; waiting for /etc/portal.yaml\n",
+    "/var/log/caddy.log": '{"level":"info","logger":"http","msg":"serving initial configuration"}\n',
+    "/var/log/instance_portal.log": "INFO:     Uvicorn running on http://127.0.0.1:11111\n",
+    "/var/log/supervisor/supervisord.log": "INFO supervisord started with pid 1\n",
+}
+
 CATALOGUES: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "default": default_catalogue,
     "china-cheapest": china_cheapest_catalogue,
@@ -312,14 +323,27 @@ class RehearsalStage:
     def _alive(self, inst: SimInstance) -> bool:
         return self.sim.row(inst.id) is not None
 
+    def _image_boot(self, inst: SimInstance) -> None:
+        for remote, text in IMAGE_LOGS.items():
+            path = inst.local(remote)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+
     async def _timeline(self, inst: SimInstance) -> None:
+        boot: list[tuple[float, Step | None]] = []
+        if self.scenario.image_logs:
+            boot.append((self.scenario.running_at, None))
         try:
-            for at, step in expand_steps(self.scenario.steps):
+            for at, step in sorted([*boot, *expand_steps(self.scenario.steps)], key=lambda p: p[0]):
                 while (left := inst.created_at + at - self.clock.now()) > 0:
                     await self.clock.sleep(left)
                 if not self._alive(inst):
                     break  # destroyed: a gone container writes nothing more
-                self.perform(inst, step, at)
+                if step is None:
+                    self._image_boot(inst)
+                else:
+                    self.perform(inst, step, at)
             while self._alive(inst):
                 await self.clock.sleep(60.0)
         except asyncio.CancelledError:
@@ -460,11 +484,11 @@ class RunResult:
             elif delta > late_ok + 1e-6:
                 out.append(f"teardown at {self.decision_at:.0f}s, {delta:.0f}s after the signal "
                            f"(allowed {late_ok:.0f}s)")
-        if exp.finding_contains:
-            text = " ".join(str((self.conclusive or {}).get(k, "")) for k in ("text", "advice"))
-            missing = [s for s in exp.finding_contains if s not in text]
+        for key, wanted in (("text", exp.finding_contains), ("advice", exp.advice_contains)):
+            said = str((self.conclusive or {}).get(key, ""))
+            missing = [s for s in wanted if s not in said]
             if missing:
-                out.append(f"conclusive finding does not name {', '.join(missing)}")
+                out.append(f"conclusive finding's {key} does not name {', '.join(missing)}")
         if exp.max_severity is not None:
             limit = SEVERITY_RANK[exp.max_severity]
             worse = [f for f in self.findings if SEVERITY_RANK.get(str(f.get("severity")), 0) > limit]

@@ -67,6 +67,7 @@ class Expectation:
     signal_at: float | None  # simulated seconds since create of the first conclusive signal
     signal: str = ""  # what that signal is, in words
     finding_contains: tuple[str, ...] = ()  # the conclusive finding's text must name all of these
+    advice_contains: tuple[str, ...] = ()  # ... and its advice these
     max_severity: str | None = None  # no finding above this severity (noise must stay noise)
     country_not_in: tuple[str, ...] = ()  # the rented host must not be in these countries
 
@@ -96,6 +97,7 @@ class Scenario:
     running_at: float = 40.0
     ssh_at: float = 45.0
     ssh_never: bool = False
+    image_logs: bool = True  # the image's own service logs appear in /var/log/portal/ at boot
     steps: tuple[Step, ...] = ()
     expect: Expectation = field(default_factory=lambda: Expectation(("ready",), None, "none", None))
     baseline: Baseline = field(default_factory=lambda: Baseline(3600.0, ""))
@@ -188,6 +190,7 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
         verdicts=verdicts, category=expect_raw.get("category") or None, stop=stop,
         signal_at=float(signal_at) if signal_at is not None else None, signal=expect_raw.get("signal", ""),
         finding_contains=tuple(expect_raw.get("finding_contains", ())),
+        advice_contains=tuple(expect_raw.get("advice_contains", ())),
         max_severity=expect_raw.get("max_severity"),
         country_not_in=tuple(expect_raw.get("country_not_in", ())),
     )
@@ -208,7 +211,7 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
         gist_files=tuple(script.get("gist_files", ("provision.sh",))),
         script_log=script.get("log"), script_body=script.get("body"),
         running_at=float(boot.get("running_at", 40.0)), ssh_at=float(boot.get("ssh_at", 45.0)),
-        ssh_never=bool(boot.get("ssh_never", False)),
+        ssh_never=bool(boot.get("ssh_never", False)), image_logs=bool(boot.get("image_logs", True)),
         steps=tuple(sorted(steps, key=lambda s: s.at)), expect=expect, baseline=baseline,
         run_for=float(data["run_for"]) if "run_for" in data else None, notes=str(data.get("notes", "")),
     )
@@ -216,7 +219,7 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
 
 # The order the demo plays them in: the audit's failures roughly as the audit tells them.
 ORDER = ("happy", "script-404", "gistfile1", "log-path-mismatch", "ssh-refused", "ssh-never", "stall",
-         "disk-full", "china-cheapest", "port-noise-only")
+         "disk-full", "china-cheapest", "port-noise-only", "slow-fetch", "stall-heartbeat")
 
 
 def load_snippets() -> dict[str, Any]:
