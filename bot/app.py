@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -162,15 +162,21 @@ def run(settings: Settings) -> int:
 
 
 async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock: Clock,
+                    preflight: Preflight | Literal["auto"] | None = "auto",
                     engine_options: dict[str, Any] | None = None, **bot_options: Any) -> VastopsBot:
-    """Wire the engine, the rental service and the bot around an open store and Vast client."""
+    """Wire the engine, the rental service and the bot around an open store and Vast client.
+
+    ``preflight="auto"`` uses ``bot.provisioning.preflight`` when PROVISION_SCRIPT_URL is set;
+    None runs no provisioning preflight (the settings check in /rent remains).
+    """
     from bot.watch.engine import WatchPolicy
     from bot.watch.redact import Redactor
 
     redactor = Redactor(settings.secret_values())
     engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
                          redactor=redactor, notifier=None, **(engine_options or {}))
-    preflight = bot_options.pop("preflight", None) or (_load_preflight() if settings.provision_script_url else None)
+    if preflight == "auto":
+        preflight = _load_preflight() if settings.provision_script_url else None
     rentals = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
                             preflight=preflight)
     bot = VastopsBot(settings=settings, store=store, vast=vast, engine=engine, rentals=rentals, clock=clock,

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.app import VastopsBot, build_bot
 from bot.clock import FakeClock
 from bot.db.models import RentalState
 from bot.db.store import Store
+from bot.provisioning.preflight import preflight
 from bot.render import check_limits
 from bot.settings import Settings
 from bot.sim.scenarios import load_scenario
@@ -60,25 +64,28 @@ class Stack:
         await self.bot.notifier.flush()
 
 
-async def _open_bot(fake: FakeDiscord, stage: RehearsalStage, clock: FakeClock,
-                    settings: Settings) -> tuple[Store, VastClient, VastopsBot]:
+async def _open_bot(fake: FakeDiscord, stage: RehearsalStage, clock: FakeClock, settings: Settings, *,
+                    with_preflight: bool = True) -> tuple[Store, VastClient, VastopsBot]:
     store = await Store.open(settings.database_path)
     vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock, min_spacing=NO_SPACING)
-    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=False, preflight=None)
+    # The real preflight, asking the stage's fake gist host instead of api.github.com.
+    check = functools.partial(preflight, gist_api_base=stage.gist.base_url) if with_preflight else None
+    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=False, preflight=check)
     return store, vast, bot
 
 
 @contextlib.asynccontextmanager
-async def stack(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(fake: FakeDiscord, tmp_path: Path, scenario: str = "happy",
+                with_preflight: bool = True) -> AsyncIterator[Stack]:
     clock = FakeClock()
-    stage = RehearsalStage(load_scenario("happy"), clock, workdir=tmp_path / "stage", logs_delay=0.0)
+    stage = RehearsalStage(load_scenario(scenario), clock, workdir=tmp_path / "stage", logs_delay=0.0)
     settings = await stage.start(
         discord_token="fake-token.not.real", discord_guild_id=GUILD_ID, notify_channel_id=NOTIFY_CHANNEL_ID,
         approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
-        approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0,
+        approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0, proposal_timeout=300,
     )
     _members(fake)
-    store, vast, bot = await _open_bot(fake, stage, clock, settings)
+    store, vast, bot = await _open_bot(fake, stage, clock, settings, with_preflight=with_preflight)
     try:
         async with start_bot(bot):
             yield Stack(fake, clock, stage, settings, store, vast, bot)
@@ -250,4 +257,55 @@ async def test_button_survives_a_restart(fake_discord: FakeDiscord, tmp_path: Pa
         finally:
             await vast.aclose()
             await store.close()
+        _assert_clean(s)
+
+
+@pytest.mark.parametrize("answer", ["click", "expire"])
+async def test_teardown_proposal_buttons(fake_discord: FakeDiscord, tmp_path: Path, answer: str) -> None:
+    # The preflight would refuse this script URL (see test_preflight_blocks_a_dead_script_url); without it
+    # the engine's watch is the second line of defence.
+    async with stack(fake_discord, tmp_path, scenario="script-404", with_preflight=False) as s:
+        approval_msg, approval_id = await _request_rental(s)
+        click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
+        await click.response()
+        await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text())
+
+        def proposal() -> StoredMessage | None:
+            return next((m for m in s.notify if "Teardown proposed" in m.text() and m.custom_ids()), None)
+
+        async def proposed() -> bool:
+            return proposal() is not None
+
+        await s.drive(proposed, polls=10)
+        msg = proposal()
+        assert msg is not None and "script" in msg.text()
+        labels = [c.get("label") for row in msg.components for c in row["components"]]
+        assert labels == ["Destroy now", "Keep running"]
+        assert s.stage.sim.instances  # proposed, not destroyed: a human decides
+        pid = int(msg.custom_ids()[0].split(":")[2])
+        if answer == "click":
+            outsider = await s.fake.click(msg.id, f"vastops:approval:{pid}:approve", user_id=OUTSIDER)
+            assert (await outsider.response())["type"] == 4
+            assert s.stage.sim.instances
+            yes = await s.fake.click(msg.id, f"vastops:approval:{pid}:approve", user_id=APPROVER)
+            assert (await yes.response())["type"] == 7
+            await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == msg.id
+                                          and "Destroy approved by ada" in m.text() and not m.custom_ids())
+        else:
+            await s.clock.advance(301)
+            await s.bot.engine.tick()
+            await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == msg.id
+                                          and "Nobody answered" in m.text() and not m.custom_ids())
+        receipt = await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Receipt" in m.text())
+        assert "script_missing" in receipt.text() or "script" in receipt.text()
+        assert not s.stage.sim.instances
+        _assert_clean(s)
+
+
+async def test_preflight_blocks_a_dead_script_url(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path, scenario="script-404") as s:
+        inter = await s.fake.slash("rent", {}, user_id=REQUESTER)
+        shown = await _original(s.fake, inter)
+        assert "❌" in shown.text() and not shown.custom_ids()  # the checks, and nothing to pick
+        assert "Fix the failed preflight checks" in shown.text()
         _assert_clean(s)
