@@ -10,12 +10,14 @@ scenario's expectation, 1 otherwise.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from typing import Any, TextIO
 
 from bot.clock import ScaledClock
 from bot.db.models import Event, Rental
+from bot.provisioning.contract import EVENT_PREFIX, REQUIRED_FIELDS
 from bot.sim.scenarios import Scenario, ScenarioError, load_all, load_scenario
 from bot.sim.stage import RunResult, play
 from bot.watch.redact import Redactor
@@ -67,6 +69,25 @@ class TerminalNotifier:
             self._print(rental, event, text)
 
 
+def compact(text: object) -> str:
+    """One of our ``@@prov`` event lines as ``ev st: key=value, ...`` (other text unchanged)."""
+    line = str(text)
+    head, sep, tail = line.partition(EVENT_PREFIX)
+    if not sep:
+        return line
+    if head:
+        shown = compact(EVENT_PREFIX + tail)
+        return head + (shown if not shown.startswith(EVENT_PREFIX) else "(an event line)")
+    try:
+        body = json.loads(line[len(EVENT_PREFIX):])
+    except ValueError:
+        return line
+    if not isinstance(body, dict):
+        return line
+    extras = ", ".join(f"{k}={v}" for k, v in body.items() if k not in REQUIRED_FIELDS)
+    return f"[{body.get('ev')} {body.get('st')}] {extras}".rstrip()
+
+
 def describe_event(event: Event) -> str | None:
     """What the channel would show for one engine event, as one line (None: not shown)."""
     p: dict[str, Any] = event.payload
@@ -83,7 +104,7 @@ def describe_event(event: Event) -> str | None:
     if kind == "finding":
         sev = str(p.get("severity", "info"))
         line = f" line {p['line']}:" if p.get("line") else ":"
-        out = f"{_MARK.get(sev, '  ')} {sev} {p.get('category')}{line} {p.get('text')}"
+        out = f"{_MARK.get(sev, '  ')} {sev} {p.get('category')}{line} {compact(p.get('text'))}"
         if p.get("advice"):
             out += f"\n      advice: {p['advice']}"
         return out
@@ -92,7 +113,7 @@ def describe_event(event: Event) -> str | None:
     if kind == "decision":
         ev = p.get("evidence") or {}
         return (f"XX decision: {str(p.get('action')).upper()} ({p.get('reason')}) because "
-                f"{ev.get('category')}: {str(ev.get('text'))[:160]}")
+                f"{ev.get('category')}: {compact(ev.get('text'))[:160]}")
     if kind == "teardown_proposed":
         return f"?? teardown proposed ({p.get('reason')}); default '{p.get('default_action')}' on expiry"
     if kind == "receipt":
@@ -101,10 +122,10 @@ def describe_event(event: Event) -> str | None:
                 f"({p.get('reason')}, by {p.get('by')})")
     if kind == "verdict":
         cause = p.get("cause") or {}
-        why = f" - cause {cause.get('category')}: {str(cause.get('text'))[:100]}" if cause else ""
+        why = f" - cause {cause.get('category')}: {compact(cause.get('text'))[:100]}" if cause else ""
         return f"== verdict {p.get('verdict')}{why}"
     if kind == "state":
-        return f"   state {p.get('from')} -> {p.get('to')} ({p.get('reason')})"
+        return f"   state {p.get('from')} -> {p.get('to')} ({compact(p.get('reason'))[:120]})"
     if kind == "approval":
         status = p.get("status")
         if status == "pending":
@@ -129,8 +150,8 @@ def outcome_text(result: RunResult) -> str:
 def summary_table(results: list[RunResult], out: TextIO, *,
                   tolerance_polls: float = DEMO_LATENESS_POLLS) -> int:
     """Print the per-scenario table; return the number of scenarios whose outcome mismatched."""
-    headers = ("SCENARIO", "OUTCOME", "HOST", "KNEW", "STOPPED", "SPENT", "AUDIT", "AUDIT $", "RATIO",
-               "MATCH")
+    headers = ("SCENARIO", "PREFLIGHT", "OUTCOME", "HOST", "KNEW", "STOPPED", "SPENT", "AUDIT", "AUDIT $",
+               "RATIO", "MATCH")
     rows: list[tuple[str, ...]] = []
     bad: list[tuple[RunResult, list[str]]] = []
     for r in results:
@@ -139,9 +160,10 @@ def summary_table(results: list[RunResult], out: TextIO, *,
             bad.append((r, wrong))
         stopped = _fmt_s(r.stopped_at) if r.scenario.expect.stop != "none" or r.decision_at else "kept"
         ratio = f"{r.ratio:.0f}x" if r.ratio is not None else "-"
-        rows.append((r.scenario.name, outcome_text(r), r.country or "-", _fmt_s(r.knew_at), stopped,
-                     _usd(r.spent), f"{r.scenario.baseline.seconds:.0f}s", _usd(r.baseline_usd), ratio,
-                     "ok" if not wrong else "MISMATCH"))
+        preflight = {None: "-", True: "BLOCKS", False: "pass"}[r.preflight_blocked]
+        rows.append((r.scenario.name, preflight, outcome_text(r), r.country or "-", _fmt_s(r.knew_at),
+                     stopped, _usd(r.spent), f"{r.scenario.baseline.seconds:.0f}s", _usd(r.baseline_usd),
+                     ratio, "ok" if not wrong else "MISMATCH"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), file=out)
     for row in rows:
@@ -154,7 +176,10 @@ def summary_table(results: list[RunResult], out: TextIO, *,
           "AUDIT: the audit's approach on the same run (its collector was blind and waited for a 3,600 s\n"
           "      timeout; a wrong script ran indefinitely, 3,600 s is a floor), at the rented $/h (for\n"
           "      china-cheapest, at the price of the China offer the audit's UA-only filter picks).\n"
-          "      RATIO = AUDIT $ / SPENT.", file=out)
+          "      RATIO = AUDIT $ / SPENT.\n"
+          "PREFLIGHT: the check before renting, on the script URL. Where it BLOCKS, nothing would be\n"
+          "      rented at all ($0); the run shown bypasses it to rehearse the instance-side defence.",
+          file=out)
     for r, wrong in bad:
         print(f"\nMISMATCH {r.scenario.name}: " + "; ".join(wrong), file=out)
     return len(bad)

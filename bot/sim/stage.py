@@ -438,6 +438,9 @@ class RunResult:
     audit_pick: dict[str, Any] | None = None  # the offer the audit's filter would have rented
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    billing_stopped: bool | None = None  # the simulator bills nothing more after the teardown
+    sim_calls: dict[str, int] = field(default_factory=dict)  # API requests the simulator served
+    workdir: Path | None = None  # the stage's temporary directory (removed when the run ends)
 
     @property
     def baseline_dph(self) -> float:
@@ -558,7 +561,7 @@ async def play(
     wall0 = time.monotonic()
     stage = RehearsalStage(scenario, clock, workdir=workdir, logs_delay=0.0 if fast else 2.0)
     settings = await stage.start(**(setting_overrides or {}))
-    result = RunResult(scenario, poll_interval=settings.poll_interval)
+    result = RunResult(scenario, poll_interval=settings.poll_interval, workdir=stage.dir)
     driver = ClockDriver(clock)
     store = await Store.open(settings.database_path)
     vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock,
@@ -613,6 +616,12 @@ async def _rent(service: Any, stage: RehearsalStage, result: RunResult) -> Renta
         return None
     offer = offers[0]
     result.country, result.geolocation, result.dph = offer.country, offer.geolocation, offer.dph_total
+    if result.audit_pick is not None and result.audit_pick.get("id") != offer.id:
+        result.notes.append(
+            f"the audit's filter (excluding {','.join(scenario.baseline.audit_excluded_countries)}) rents "
+            f"offer {result.audit_pick.get('id')} in {result.audit_pick.get('geolocation')!r} at "
+            f"${float(result.audit_pick.get('dph_total') or 0):.3f}/h; the bot rented {offer.id} in "
+            f"{offer.geolocation!r} at ${offer.dph_total:.3f}/h")
     rental, approval = await service.request(offer, requester_id=1001, requester_name="demo-user")
     decision = await service.decide(approval.id, approve=True, user_id=2002, user_name="demo-approver",
                                     is_approver=True)
@@ -637,6 +646,9 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
     start = result.rental.started_at or stage.clock.now()
     ssh_at = 0.0 if scenario.ssh_never else scenario.ssh_at
     horizon = max(scenario.end_of_script, scenario.expect.signal_at or 0.0, ssh_at) + 8 * poll
+    settings = stage.settings
+    if settings is not None and settings.teardown_policy == "propose":
+        horizon += settings.proposal_timeout  # a proposal nobody answers is carried out at expiry
     ready_for = scenario.run_for if scenario.run_for is not None else 2 * poll
     ready_since: float | None = None
     while True:
@@ -693,4 +705,10 @@ async def _finish(engine: Any, store: Any, stage: RehearsalStage, result: RunRes
         await engine.destroy(rental.id, reason="rehearsal over", by="demo")
     if instance_id is not None:
         result.billed_total = stage.sim.cost_of(instance_id)
+        later = stage.sim.cost_of(instance_id, at=stage.clock.now() + 3600.0)
+        result.billing_stopped = later - result.billed_total < 1e-9
+    calls: dict[str, int] = {}
+    for req in stage.sim.requests:
+        calls[req.endpoint] = calls.get(req.endpoint, 0) + 1
+    result.sim_calls = calls
     result.rental = await store.get_rental(rental.id) or rental
