@@ -58,7 +58,9 @@ async def preflight_checks(bot: VastopsBot) -> list[Check]:
     checks.append(Check("settings", "fail" if missing else "ok",
                         "missing " + ", ".join(n for n, _ in missing) if missing else "complete"))
     if bot.settings.provision_script_url is None:
-        checks.append(Check("provisioning script", "warn", "PROVISION_SCRIPT_URL is not set"))
+        # build_launch refuses it too: an instance without our script would only bill.
+        checks.append(Check("provisioning script", "fail", "PROVISION_SCRIPT_URL is not set: an instance "
+                            "would have no provisioning script to run"))
         return checks
     if bot.preflight is None:
         checks.append(Check("provisioning script", "warn", "preflight checks are not available in this build"))

@@ -181,6 +181,18 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
         assert [m.id for m in statuses] == [status.id]
         assert any("WARN" in (m.embeds[0].get("title") or "") for m in s.notify if m.embeds)
 
+        # Coalescing: a burst of refreshes costs at most one edit now and one when the interval passes.
+        before = s.bot.notifier.edits
+        for _ in range(5):
+            await s.bot.notifier.refresh(rental.id)
+        assert s.bot.notifier.edits <= before + 1
+        await s.clock.advance(6.0)
+        assert s.bot.notifier.edits <= before + 2
+
+        # Autocomplete offers the requester's rental.
+        offered = await fake.autocomplete("logs", {"rental": ""}, "rental", user_id=REQUESTER)
+        assert [c["value"] for c in offered] == [str(rental.id)]
+
         # A log line with @everyone and a secret: posted without a ping and without the token.
         inst = s.stage.instances[rental.instance_id or 0]
         with inst.local(s.settings.provision_log_path).open("a") as fh:
@@ -308,4 +320,34 @@ async def test_preflight_blocks_a_dead_script_url(fake_discord: FakeDiscord, tmp
         shown = await _original(s.fake, inter)
         assert "❌" in shown.text() and not shown.custom_ids()  # the checks, and nothing to pick
         assert "Fix the failed preflight checks" in shown.text()
+        _assert_clean(s)
+
+
+async def test_failing_command_gets_a_clear_private_answer(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        s.stage.sim.inject_fault("POST", "/api/v0/bundles/", "500")
+        inter = await s.fake.slash("rent", {}, user_id=REQUESTER)
+        shown = await _original(s.fake, inter)
+        assert shown.ephemeral and "Vast.ai did not answer as expected" in shown.content
+        assert "ref `" in shown.content and "Traceback" not in shown.content
+        _assert_clean(s)
+
+
+async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        stray = s.stage.sim.seed_instance(label="someone-elses", age=600)
+        inter = await s.fake.slash("status", {}, user_id=REQUESTER)
+        shown = await _original(s.fake, inter)
+        assert f"Instance {stray}" in shown.text() and "not known to the bot" in shown.text()
+        button = f"vastops:orphan:{stray}"
+        assert button in shown.custom_ids()
+        refused = await s.fake.click(shown.id, button, user_id=OUTSIDER)
+        assert "approver" in (await refused.response())["data"]["content"]
+        ask = await s.fake.click(shown.id, button, user_id=APPROVER)
+        assert (await ask.response())["type"] == 4
+        confirm = await s.fake.wait_for_message(CHANNEL_ID, lambda m: f"{button}:confirm" in m.custom_ids())
+        yes = await s.fake.click(confirm.id, f"{button}:confirm", user_id=APPROVER)
+        assert (await yes.response())["type"] == 7
+        await s.fake.wait_for_message(CHANNEL_ID, lambda m: m.id == confirm.id and "Vast confirmed" in m.content)
+        assert stray not in s.stage.sim.instances
         _assert_clean(s)
