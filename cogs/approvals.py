@@ -7,6 +7,7 @@ roles); every rule and the at-most-once decision live in ``RentalService.decide`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -192,8 +193,16 @@ async def handle_click(bot: VastopsBot, interaction: discord.Interaction[Any], a
         reply = approval_reply(bot.render, approval, rental, now, working=working)
         await interaction.response.edit_message(**reply.edit_kwargs(), view=approval_view(approval, disabled=True))
 
-    decision = await bot.rentals.decide(approval_id, approve=approve, user_id=interaction.user.id,
-                                        user_name=name, is_approver=approver)
+    try:
+        decision = await bot.rentals.decide(approval_id, approve=approve, user_id=interaction.user.id,
+                                            user_name=name, is_approver=approver)
+    except Exception:
+        if slow:  # do not leave the message stuck in its "working" state with dead buttons
+            restored = await render_current(bot, approval_id)
+            if restored is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.edit_original_response(**restored[0].edit_kwargs(), view=restored[1])
+        raise
     current = await render_current(bot, approval_id)
     if decision.result in MESSAGE_CHANGING or slow:
         if current is not None:

@@ -107,6 +107,7 @@ class ChannelNotifier:
         elif kind == EV_RECEIPT:
             await self.refresh(rental.id, force=True)
             await self._send(self._receipt_reply(rental, p))
+            self._forget(rental.id)
         elif kind == EV_STATE and p.get("to") == RentalState.CREATE_FAILED.value:
             reason = self.render.text(p.get("reason"), 1500)
             text = f"❌ Rental #{rental.id}: Vast did not create the instance: {reason}"
@@ -265,6 +266,15 @@ class ChannelNotifier:
             await self.bot.store.update_rental(rental_id, now=now, status_channel_id=message.channel.id,
                                                status_message_id=message.id)
             self._last_edit[rental_id] = now
+
+    def _forget(self, rental_id: int) -> None:
+        """A finished rental's message is final: drop its coalescing state (long-running bots)."""
+        task = self._flushers.pop(rental_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+        self._dirty.discard(rental_id)
+        self._last_edit.pop(rental_id, None)
+        self._locks.pop(rental_id, None)
 
     async def close(self) -> None:
         """Write what is pending and stop the delayed edits."""
