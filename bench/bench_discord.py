@@ -54,8 +54,8 @@ def settings_for(db: Path) -> StageSettings:
 
 
 def new_fake() -> FakeDiscord:
-    fake = FakeDiscord(app_id=APP_ID, guild_id=GUILD_ID, channels={CHANNEL_ID: "general", NOTIFY_CHANNEL_ID: "ops"},
-                       roles={APPROVER_ROLE_ID: "approver"})
+    fake = FakeDiscord(app_id=APP_ID, guild_id=GUILD_ID, roles={APPROVER_ROLE_ID: "approver"},
+                       channels={CHANNEL_ID: "general", NOTIFY_CHANNEL_ID: "ops"})
     fake.add_member(USER, "user")
     fake.add_member(APPROVER, "approver", roles=[APPROVER_ROLE_ID])
     return fake
@@ -68,9 +68,9 @@ async def fill(store: Store, n: int, now: float, active: int) -> list[int]:
         for i in range(n):
             state = RentalState.PROVISIONING if i >= n - active else RentalState.DESTROYED
             rental = await store.create_rental(
-                label=f"vastops-{i:08x}", requester_id=USER if i % 2 else 9000 + i % 50, requester_name="user",
-                offer_id=1000 + i, quoted_dph=0.3, now=now - (n - i) * 60, state=state, gpu_name="RTX 4090",
-                num_gpus=1, started_at=now - (n - i) * 60, dph_total=0.3,
+                label=f"vastops-{i:08x}", requester_id=USER if i % 2 else 9000 + i % 50,
+                requester_name="user", offer_id=1000 + i, quoted_dph=0.3, now=now - (n - i) * 60,
+                state=state, gpu_name="RTX 4090", num_gpus=1, started_at=now - (n - i) * 60, dph_total=0.3,
             )
             ids.append(rental.id)
     return ids
@@ -97,7 +97,8 @@ async def latency_bench(commands: int, rentals: int) -> dict[str, list[float]]:
                         kind = plan[i % len(plan)]
                         rid = str(ids[-1 - (i % 20)])
                         if kind == "autocomplete":
-                            await fake.autocomplete("logs", {"rental": "vastops-0000"}, "rental", user_id=USER)
+                            await fake.autocomplete("logs", {"rental": "vastops-0000"}, "rental",
+                                                    user_id=USER)
                             inter: FakeInteraction = list(fake.interactions.values())[-1]
                         else:
                             options = {"status": {}, "logs": {"rental": rid, "lines": 20},
@@ -106,7 +107,8 @@ async def latency_bench(commands: int, rentals: int) -> dict[str, list[float]]:
                             await inter.response(timeout=10)
                             # Let the command finish before the next one: latency of a quiet bot.
                             await fake.wait_for_message(
-                                CHANNEL_ID, lambda m, i=inter: m.interaction_id == i.id and not m.loading, timeout=10)
+                                CHANNEL_ID, lambda m, i=inter: m.interaction_id == i.id and not m.loading,
+                                timeout=10)
                         assert inter.ack_latency is not None, f"{kind}: no response"
                         lat.setdefault(kind, []).append(inter.ack_latency * 1000)
         finally:
@@ -133,8 +135,9 @@ async def memory_bench(watched: int, ticks: int) -> dict[str, float]:
             for i in range(watched):
                 iid = sim.seed_instance(label=f"vastops-w{i:04d}")
                 await store.create_rental(label=f"vastops-w{i:04d}", requester_id=USER, requester_name="user",
-                                          offer_id=i, quoted_dph=0.35, now=now, state=RentalState.PROVISIONING,
-                                          instance_id=iid, started_at=now, gpu_name="RTX 4090", num_gpus=1)
+                                          offer_id=i, quoted_dph=0.35, now=now, instance_id=iid,
+                                          state=RentalState.PROVISIONING, started_at=now, gpu_name="RTX 4090",
+                                          num_gpus=1)
         vast = VastClient(base, "k", clock=clock, min_spacing=NO_SPACING)
         bot = await build_bot(settings, store=store, vast=vast, clock=clock, preflight=None, watch_loop=False)
         out["rss_before_bot"] = rss_mib()

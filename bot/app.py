@@ -132,7 +132,8 @@ class VastopsBot(commands.Bot):
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         log.exception("unhandled error in %s", event_method)
 
-    async def report_interaction_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
+    async def report_interaction_error(self, interaction: discord.Interaction[Any],
+                                       error: BaseException) -> None:
         """Answer the user with a short, safe message and log the details (with a reference to match them)."""
         ref = secrets.token_hex(3)
         text = user_message(error)
@@ -198,10 +199,11 @@ async def _run(settings: Settings) -> int:
                 try:
                     await bot.start(settings.discord_token.get_secret_value())
                 except discord.LoginFailure:
-                    log.error("Discord refused DISCORD_TOKEN; reset it in the developer portal (Bot > Reset Token)")
+                    log.error("Discord refused DISCORD_TOKEN; reset it in the developer portal "
+                              "(Bot > Reset Token)")
                     return 2
                 except discord.PrivilegedIntentsRequired:
-                    log.error("Discord refused the gateway intents; this bot needs none of the privileged ones")
+                    log.error("Discord refused the gateway intents; this bot needs no privileged one")
                     return 2
     finally:
         await store.close()

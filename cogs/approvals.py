@@ -97,7 +97,8 @@ def _status_line(render: Render, approval: Approval, now: float) -> str:
     if approval.status == ApprovalStatus.PENDING and approval.expires_at > now:
         if teardown:
             action = approval.default_action or "destroy"
-            return f"⏳ Waiting for an approver. With no answer: **{action}** {timestamp(approval.expires_at)}."
+            when = timestamp(approval.expires_at)
+            return f"⏳ Waiting for an approver. With no answer: **{action}** {when}."
         requote = "🔁 The price changed; this is the new quote. " if approval.revision > 1 else ""
         return f"{requote}⏳ Waiting for an approver · expires {timestamp(approval.expires_at)}"
     if approval.status in (ApprovalStatus.PENDING, ApprovalStatus.EXPIRED):
@@ -127,15 +128,15 @@ def approval_reply(render: Render, approval: Approval, rental: Rental | None, no
     rental_ref = f"rental #{rental.id} · {render.inline(rental.label, 40)}" if rental else "rental ?"
     if approval.kind == ApprovalKind.RENT:
         gpu = f"{render.text(p.get('gpu_name') or '?', 60)} ×{p.get('num_gpus') or 1}"
-        reliability = p.get("reliability")
+        reliability, down = p.get("reliability"), p.get("inet_down")
         fields = [
             ("GPU", gpu, True),
             ("Price", f"**{money(p.get('quoted_dph'), 3)}/h**", True),
             ("VRAM", f"{p.get('vram_gb') or '?'} GB", True),
             ("Location", render.text(p.get("geolocation") or p.get("country") or "?", 80), True),
-            ("Reliability", f"{reliability * 100:.1f}%" if isinstance(reliability, int | float) else "?", True),
-            ("Download", f"{p.get('inet_down'):.0f} Mbps" if isinstance(p.get("inet_down"), int | float) else "?",
+            ("Reliability", f"{reliability * 100:.1f}%" if isinstance(reliability, int | float) else "?",
              True),
+            ("Download", f"{down:.0f} Mbps" if isinstance(down, int | float) else "?", True),
             ("Requested by", render.text(p.get("requester_name") or "?", 80), True),
             ("Offer", f"`{p.get('offer_id')}` · machine `{p.get('machine_id')}`", True),
         ]
@@ -191,7 +192,8 @@ async def handle_click(bot: VastopsBot, interaction: discord.Interaction[Any], a
         working = (f"{name} approved: checking the offer and renting…" if approval.kind == ApprovalKind.RENT
                    else f"{name} chose to destroy: destroying the instance…")
         reply = approval_reply(bot.render, approval, rental, now, working=working)
-        await interaction.response.edit_message(**reply.edit_kwargs(), view=approval_view(approval, disabled=True))
+        await interaction.response.edit_message(**reply.edit_kwargs(),
+                                                view=approval_view(approval, disabled=True))
 
     try:
         decision = await bot.rentals.decide(approval_id, approve=approve, user_id=interaction.user.id,

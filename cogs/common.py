@@ -87,7 +87,8 @@ async def answer(interaction: discord.Interaction[Any], text: str | None = None,
             content = f"{interaction.user.mention} {reply.content or ''}"
             await interaction.channel.send(
                 **{**reply.kwargs(), "content": truncate(content, 2000)},
-                allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False, roles=False),
+                allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False,
+                                                         roles=False),
             )
     except discord.HTTPException:
         log.warning("could not answer interaction %s", interaction.id, exc_info=True)
@@ -110,11 +111,11 @@ async def rental_choices(bot: VastopsBot, interaction: discord.Interaction[Any],
         rental = await bot.store.get_rental(int(text))
         if rental is not None and rental.state in OPEN_STATES:
             found.append(rental)
-    own = await bot.store.search_rentals_for_autocomplete(interaction.user.id, "" if text.isdigit() else text,
-                                                          limit=25)
+    needle = "" if text.isdigit() else text
+    own = await bot.store.search_rentals_for_autocomplete(interaction.user.id, needle, limit=25)
     found += [r for r in own if r.id not in {f.id for f in found}]
     if len(found) < 25 and is_approver(bot.settings.approver_role_id, interaction.user):
-        others = await bot.store.search_rentals_for_autocomplete(None, "" if text.isdigit() else text, limit=25)
+        others = await bot.store.search_rentals_for_autocomplete(None, needle, limit=25)
         found += [r for r in others if r.id not in {f.id for f in found}]
     return [app_commands.Choice(name=rental_choice_name(r), value=str(r.id)) for r in found[:25]]
 
@@ -175,6 +176,11 @@ def link(render: Render, label: str, url: str | None) -> str | None:
     return f"{label}: {render.inline(url, 120)}"
 
 
+def rental_links(render: Render, rental: Rental) -> list[str]:
+    found = (link(render, "ComfyUI", rental.comfyui_url), link(render, "tunnel", rental.tunnel_url))
+    return [x for x in found if x]
+
+
 def milestone_line(progress: Progress) -> str:
     reached = [m for m in MILESTONE_PATH if m.value in progress.milestones]
     bar = progress_bar(len(reached), len(MILESTONE_PATH))
@@ -201,8 +207,7 @@ def status_embed(render: Render, rental: Rental, progress: Progress, now: float)
         f"⏱ {'ran' if rental.is_terminal else 'up'} {format_duration(end - start)}"
         f" · 💵 {money(dph, 3)}/h · {money(cost)} so far",
     ]
-    links = [x for x in (link(render, "ComfyUI", rental.comfyui_url), link(render, "tunnel", rental.tunnel_url))
-             if x]
+    links = rental_links(render, rental)
     if links:
         lines.append("🔗 " + " · ".join(links))
     extras = [m.value.replace("_", " ") for m in EXTRA_MILESTONES if m.value in progress.milestones]
@@ -218,8 +223,10 @@ def status_embed(render: Render, rental: Rental, progress: Progress, now: float)
     if rental.state_reason:
         lines.append(f"ℹ️ {render.text(rental.state_reason, 300)}")
     reached = sorted(((ts, name) for name, ts in progress.milestones.items()), key=lambda x: x[0])
-    timeline = "\n".join(f"✅ {name.replace('_', ' ')} · +{format_duration(ts - start)}" for ts, name in reached)
-    footer = f"instance {rental.instance_id or '—'} · offer {rental.offer_id or '—'} · {rental.geolocation or ''}"
+    timeline = "\n".join(f"✅ {name.replace('_', ' ')} · +{format_duration(ts - start)}"
+                         for ts, name in reached)
+    footer = (f"instance {rental.instance_id or '—'} · offer {rental.offer_id or '—'} · "
+              f"{rental.geolocation or ''}")
     return render.embed(
         title=status_title(rental), description="\n".join(lines),
         colour=STATE_COLOUR.get(rental.state, 0x7289DA),
@@ -235,10 +242,10 @@ def status_summary_line(render: Render, rental: Rental, progress: Progress, now:
     value = [
         f"{render.inline(rental.label, 40)} · {render.text(rental.requester_name or '?', 40)}",
         milestone_line(progress),
-        f"⏱ up {format_duration(now - start)} · {money(dph, 3)}/h · {money(cost_to_date(rental, now))} so far",
+        f"⏱ up {format_duration(now - start)} · {money(dph, 3)}/h · "
+        f"{money(cost_to_date(rental, now))} so far",
     ]
-    links = [x for x in (link(render, "ComfyUI", rental.comfyui_url), link(render, "tunnel", rental.tunnel_url))
-             if x]
+    links = rental_links(render, rental)
     if links:
         value.append("🔗 " + " · ".join(links))
     return status_title(rental), "\n".join(value)

@@ -1,4 +1,4 @@
-"""/destroy: an ephemeral confirmation button, then ``RentalService.destroy``; the receipt goes to the channel."""
+"""/destroy: an ephemeral confirmation button, then ``RentalService.destroy``; receipt in the channel."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def destroy_custom_id(rental_id: int, reason: str | None) -> str:
 
 class DestroyConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=DESTROY_TEMPLATE):
     def __init__(self, rental_id: int, reason: str | None) -> None:
-        super().__init__(discord.ui.Button(label=f"Destroy rental #{rental_id}", style=discord.ButtonStyle.danger,
+        super().__init__(discord.ui.Button(label=f"Destroy rental #{rental_id}",
+                                           style=discord.ButtonStyle.danger,
                                            custom_id=destroy_custom_id(rental_id, reason)))
         self.rental_id, self.reason = rental_id, (reason or None)
 
@@ -57,7 +58,8 @@ class DestroyConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templ
             tail = ""
             if decision.result == DecisionResult.APPROVED and bot.settings.notify_channel_id:
                 tail = f" The receipt is in <#{bot.settings.notify_channel_id}>."
-            await interaction.edit_original_response(content=bot.render.content(f"{icon} {decision.message}{tail}"))
+            text = bot.render.content(f"{icon} {decision.message}{tail}")
+            await interaction.edit_original_response(content=text)
         except Exception as exc:
             await bot.report_interaction_error(interaction, exc)
 
@@ -73,7 +75,8 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANC
         return cls()
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await interaction.response.edit_message(content="Cancelled; nothing was destroyed.", embeds=[], view=None)
+        await interaction.response.edit_message(content="Cancelled; nothing was destroyed.", embeds=[],
+                                                view=None)
 
 
 class Destroy(commands.Cog):
@@ -95,15 +98,15 @@ class Destroy(commands.Cog):
             return
         now = bot.clock.now()
         start = found.started_at or found.created_at
-        desc = (f"{bot.render.inline(found.label, 40)} · {found.state.value} · up {format_duration(now - start)} · "
-                f"{money(cost_to_date(found, now))} so far.\n")
+        desc = (f"{bot.render.inline(found.label, 40)} · {found.state.value} · "
+                f"up {format_duration(now - start)} · {money(cost_to_date(found, now))} so far.\n")
         if found.requester_id != interaction.user.id:
             owner = bot.render.text(found.requester_name or "?", 80)
             desc += f"It was requested by {owner}: an approver must confirm.\n"
         if reason:
             desc += f"Reason: {bot.render.text(reason, REASON_MAX + 20)}\n"
-        embed = bot.render.embed(title=f"Destroy rental #{found.id}?", description=desc + "This cannot be undone.",
-                                 colour=0xE74C3C)
+        embed = bot.render.embed(title=f"Destroy rental #{found.id}?",
+                                 description=desc + "This cannot be undone.", colour=0xE74C3C)
         view = discord.ui.View(timeout=None)
         view.add_item(DestroyConfirmButton(found.id, reason))
         view.add_item(CancelButton())

@@ -58,7 +58,8 @@ async def log_tail(bot: VastopsBot, rental: Rental, lines: int) -> tuple[list[st
         want = min(lines * BYTES_PER_LINE, MAX_TAIL_BYTES)
         start = max(0, watch.log_offset - want)
         try:
-            chunk = await asyncio.wait_for(session.read_new(path, start, max_bytes=want + 65536), SSH_READ_TIMEOUT)
+            reading = session.read_new(path, start, max_bytes=want + 65536)
+            chunk = await asyncio.wait_for(reading, SSH_READ_TIMEOUT)
         except Exception as exc:  # SSH trouble: fall back to what the bot already holds
             log.info("rental %s: /logs SSH read failed: %r", rental.id, exc)
         else:

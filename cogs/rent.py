@@ -63,7 +63,7 @@ async def preflight_checks(bot: VastopsBot) -> list[Check]:
                             "would have no provisioning script to run"))
         return checks
     if bot.preflight is None:
-        checks.append(Check("provisioning script", "warn", "preflight checks are not available in this build"))
+        checks.append(Check("provisioning script", "warn", "preflight checks are not available"))
         return checks
     try:
         report = await asyncio.wait_for(bot.preflight(bot.settings), timeout=20.0)
@@ -80,8 +80,8 @@ def offer_line(index: int, offer: Offer) -> str:
     rel = f"{offer.reliability * 100:.1f}%" if offer.reliability is not None else "?"
     down = f"↓{offer.inet_down:.0f} Mbps" if offer.inet_down is not None else "↓?"
     where = offer.country or (offer.geolocation or "?")
-    return (f"**{index}.** {offer.gpu_name or '?'} ×{offer.num_gpus or 1} · **{money(offer.dph_total, 3)}/h** · "
-            f"{vram} · {where} · {rel} · {down}")
+    return (f"**{index}.** {offer.gpu_name or '?'} ×{offer.num_gpus or 1} · "
+            f"**{money(offer.dph_total, 3)}/h** · {vram} · {where} · {rel} · {down}")
 
 
 def offer_option(index: int, offer: Offer) -> discord.SelectOption:
@@ -119,7 +119,8 @@ class OfferPicker(discord.ui.View):
             content=f"⏳ Requesting offer {offer.id} ({offer.gpu_name} at {money(offer.dph_total, 3)}/h)…",
             embeds=[], view=None)
         rental, approval = await self.bot.rentals.request(
-            offer, requester_id=interaction.user.id, requester_name=user_name(interaction.user), query=self.query)
+            offer, requester_id=interaction.user.id, requester_name=user_name(interaction.user),
+            query=self.query)
         approval = await self.bot.store.get_approval(approval.id) or approval
         where = f"<#{approval.channel_id}>" if approval.channel_id else "the notify channel"
         link = ""
@@ -149,13 +150,15 @@ class Rent(commands.Cog):
     @app_commands.command(name="rent", description="Find GPU offers and ask an approver to rent one")
     @app_commands.guild_only()
     @app_commands.describe(
-        gpu="GPU model, e.g. RTX 4090 (any if empty)", num_gpus="how many GPUs", min_vram="minimum VRAM per GPU (GB)",
+        gpu="GPU model, e.g. RTX 4090 (any if empty)", num_gpus="how many GPUs",
+        min_vram="minimum VRAM per GPU (GB)",
         max_price="highest $/h (capped by the bot's MAX_PRICE_PER_HOUR)", disk="disk in GB",
         excluded_countries="country codes to avoid besides the defaults, e.g. CN,UA",
     )
     async def rent(
         self, interaction: discord.Interaction[Any], gpu: app_commands.Range[str, 1, 40] | None = None,
-        num_gpus: app_commands.Range[int, 1, 8] = 1, min_vram: app_commands.Range[float, 1.0, 200.0] | None = None,
+        num_gpus: app_commands.Range[int, 1, 8] = 1,
+        min_vram: app_commands.Range[float, 1.0, 200.0] | None = None,
         max_price: app_commands.Range[float, 0.01, 200.0] | None = None,
         disk: app_commands.Range[int, 10, 2000] | None = None,
         excluded_countries: app_commands.Range[str, 1, 100] | None = None,
@@ -172,13 +175,15 @@ class Rent(commands.Cog):
         offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot))
         offers = offers[:OFFERS_SHOWN]
         r = bot.render
-        check_lines = "\n".join(f"{CHECK_ICON.get(c.status, '•')} **{r.text(c.name, 60)}**: {r.text(c.detail, 200)}"
-                                for c in checks)
+        check_lines = "\n".join(
+            f"{CHECK_ICON.get(c.status, '•')} **{r.text(c.name, 60)}**: {r.text(c.detail, 200)}"
+            for c in checks)
         excluded = ", ".join(query.excluded_countries) or "none"
         filters = (f"{r.text(gpu or 'any GPU', 40)} ×{num_gpus} · ≤ {money(query.max_dph, 2)}/h · "
                    f"disk {query.disk_gb:.0f} GB · excluding {excluded}")
         if not offers:
-            embed = r.embed(title="No offers match", description=f"{filters}\n\nTry a higher max_price or another GPU.",
+            embed = r.embed(title="No offers match",
+                            description=f"{filters}\n\nTry a higher max_price or another GPU.",
                             fields=[("Preflight", check_lines, False)], colour=0x95A5A6)
             await interaction.edit_original_response(embeds=[embed])
             return

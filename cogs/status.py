@@ -1,4 +1,4 @@
-"""/status: every active rental at a glance (or one in detail), and billing instances the bot does not know."""
+"""/status: every active rental at a glance (or one in detail), and billing instances unknown to the bot."""
 
 from __future__ import annotations
 
@@ -70,12 +70,15 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
             view = discord.ui.View(timeout=None)
             view.add_item(OrphanDestroyButton(self.instance_id, confirm=True))
             await interaction.response.send_message(
-                f"Destroy Vast instance {self.instance_id}? The bot has no rental for it; whatever runs there is lost.",
+                f"Destroy Vast instance {self.instance_id}? The bot has no rental for it; "
+                "whatever runs there is lost.",
                 view=view, ephemeral=True)
             return
-        await interaction.response.edit_message(content=f"⏳ Destroying instance {self.instance_id}…", view=None)
+        await interaction.response.edit_message(content=f"⏳ Destroying instance {self.instance_id}…",
+                                                view=None)
         decision = await bot.rentals.destroy_unknown_instance(
-            self.instance_id, user_id=interaction.user.id, user_name=user_name(interaction.user), is_approver=approver)
+            self.instance_id, user_id=interaction.user.id, user_name=user_name(interaction.user),
+            is_approver=approver)
         icon = "✅" if decision.result == DecisionResult.APPROVED else "⚠️"
         await interaction.edit_original_response(content=bot.render.content(f"{icon} {decision.message}"))
 
@@ -83,9 +86,9 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
 def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:
     r = bot.render
     name = f"⚠️ Instance {inst.id} · not known to the bot"
-    value = (f"{r.text(inst.gpu_name or '?', 40)} ×{inst.num_gpus or 1} · {r.text(inst.actual_status or '?', 30)} · "
-             f"{money(inst.dph_total, 3)}/h · label {r.inline(inst.label or '—', 60)}\nStill billing: destroy it "
-             "if nobody needs it.")
+    value = (f"{r.text(inst.gpu_name or '?', 40)} ×{inst.num_gpus or 1} · "
+             f"{r.text(inst.actual_status or '?', 30)} · {money(inst.dph_total, 3)}/h · "
+             f"label {r.inline(inst.label or '—', 60)}\nStill billing: destroy it if nobody needs it.")
     return name, value
 
 
@@ -93,7 +96,8 @@ class Status(commands.Cog):
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="status", description="Active rentals, their progress and cost, and unknown instances")
+    @app_commands.command(name="status",
+                          description="Active rentals, their progress and cost, and unknown instances")
     @app_commands.guild_only()
     @app_commands.describe(rental="one rental in detail (default: all active rentals)")
     async def status(self, interaction: discord.Interaction[Any], rental: str | None = None) -> None:
@@ -103,7 +107,8 @@ class Status(commands.Cog):
         if rental is not None:
             found = await find_rental(bot, rental)
             if found is None:
-                await answer(interaction, f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
+                await answer(interaction,
+                             f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
                 return
             embed = status_embed(bot.render, found, await rental_progress(bot, found), now)
             await interaction.edit_original_response(embeds=[embed])

@@ -177,7 +177,8 @@ class ChannelNotifier:
         parts.append(r.code(p.get("text") or "", limit=1500))
         if p.get("advice"):
             parts.append(f"**Advice:** {r.text(p['advice'], 1000)}")
-        embed = r.embed(title=f"{icon} {severity.upper()} · {category.replace('_', ' ')} · rental #{rental.id}",
+        title = f"{icon} {severity.upper()} · {category.replace('_', ' ')} · rental #{rental.id}"
+        embed = r.embed(title=title,
                         description="\n".join(parts), colour=SEVERITY_COLOUR.get(severity, 0xF1C40F),
                         footer=f"{rental.label} · rule {p.get('rule') or '?'}")
         return Reply(embeds=[embed])
@@ -190,7 +191,8 @@ class ChannelNotifier:
             parts.append(r.code(evidence["text"], limit=1500))
         if evidence.get("advice"):
             parts.append(f"**Advice:** {r.text(evidence['advice'], 800)}")
-        parts.append(f"⏱ {format_duration(float(p.get('elapsed_s') or 0))} · 💵 {money(p.get('cost_usd'))} so far")
+        elapsed = format_duration(float(p.get("elapsed_s") or 0))
+        parts.append(f"⏱ {elapsed} · 💵 {money(p.get('cost_usd'))} so far")
         embed = r.embed(title=f"🛑 Tearing down rental #{rental.id}", description="\n".join(parts),
                         colour=0xE74C3C, footer=rental.label)
         return Reply(embeds=[embed])
@@ -210,7 +212,8 @@ class ChannelNotifier:
         gpu = f"{rental.gpu_name or 'GPU'} ×{rental.num_gpus or 1}"
         embed = r.embed(title=f"🧾 Receipt · rental #{rental.id} · {gpu}",
                         description=f"{r.inline(rental.label, 60)} · requested by "
-                                    f"{r.text(rental.requester_name or '?', 80)}. Vast confirmed the instance is gone.",
+                                    f"{r.text(rental.requester_name or '?', 80)}. "
+                                    "Vast confirmed the instance is gone.",
                         colour=0x2C2F33, fields=fields, footer=f"instance {rental.instance_id or '—'}")
         return Reply(embeds=[embed])
 
@@ -254,9 +257,11 @@ class ChannelNotifier:
             progress = await rental_progress(self.bot, rental)
             embed = status_embed(self.render, rental, progress, now)
             if rental.status_message_id is not None and rental.status_channel_id is not None:
-                channel = self.bot.get_partial_messageable(rental.status_channel_id, type=discord.ChannelType.text)
+                channel = self.bot.get_partial_messageable(rental.status_channel_id,
+                                                           type=discord.ChannelType.text)
                 try:
-                    await channel.get_partial_message(rental.status_message_id).edit(content=None, embeds=[embed])
+                    message = channel.get_partial_message(rental.status_message_id)
+                    await message.edit(content=None, embeds=[embed])
                     self._last_edit[rental_id] = now
                     self.edits += 1
                     return

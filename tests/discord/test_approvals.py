@@ -34,8 +34,10 @@ def test_approval_custom_id_round_trip() -> None:
     assert parse_approval_custom_id(approval_custom_id(42, "deny")) == (42, False)
 
 
-@pytest.mark.parametrize("junk", ["vastops:approval:x:approve", "vastops:approval:1:maybe", "approval:1:approve",
-                                  "vastops:approval:1:approve:extra", "", "vastops:approval::deny"])
+@pytest.mark.parametrize("junk", [
+    "vastops:approval:x:approve", "vastops:approval:1:maybe", "approval:1:approve",
+    "vastops:approval:1:approve:extra", "", "vastops:approval::deny",
+])
 def test_approval_custom_id_rejects_junk(junk: str) -> None:
     assert parse_approval_custom_id(junk) is None
 
@@ -122,7 +124,8 @@ async def _request(world: World) -> Approval:
 
 async def test_member_without_role_is_refused_and_nothing_changes(world: World) -> None:
     approval = await _request(world)
-    decision = await world.service.decide(approval.id, approve=True, user_id=OTHER, user_name="o", is_approver=False)
+    decision = await world.service.decide(approval.id, approve=True, user_id=OTHER, user_name="o",
+                                          is_approver=False)
     assert decision.result == DecisionResult.NOT_ALLOWED
     assert (await world.store.get_approval(approval.id)).status == ApprovalStatus.PENDING  # type: ignore[union-attr]
     assert not world.sim.instances
@@ -131,7 +134,8 @@ async def test_member_without_role_is_refused_and_nothing_changes(world: World) 
 async def test_two_approvers_at_once_rent_once(world: World) -> None:
     approval = await _request(world)
     a, b = await asyncio.gather(
-        world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="alice", is_approver=True),
+        world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="alice",
+                             is_approver=True),
         world.service.decide(approval.id, approve=True, user_id=OTHER, user_name="bob", is_approver=True),
     )
     results = sorted([a.result, b.result])
@@ -160,7 +164,8 @@ async def test_requester_may_withdraw_but_not_self_approve_above_cap(world: Worl
     withdraw = await world.service.decide(approval.id, approve=False, user_id=REQUESTER, user_name="req",
                                           is_approver=False)
     assert withdraw.result == DecisionResult.DENIED
-    late = await world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="a", is_approver=True)
+    late = await world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="a",
+                                      is_approver=True)
     assert late.result == DecisionResult.ALREADY_DECIDED and not world.sim.instances
 
 
@@ -175,7 +180,8 @@ async def test_dearer_offer_is_requoted_not_rented(world: World) -> None:
     requoted = await world.store.get_approval(approval.id)
     assert requoted is not None and requoted.is_pending and requoted.revision == 2
     assert requoted.payload["quoted_dph"] > approval.payload["quoted_dph"]
-    again = await world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="a", is_approver=True)
+    again = await world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="a",
+                                       is_approver=True)
     assert again.result == DecisionResult.APPROVED and len(world.sim.instances) == 1
 
 

@@ -99,7 +99,8 @@ def _by_interaction(fake: FakeDiscord, inter: FakeInteraction) -> Callable[[Stor
     return lambda m: m.interaction_id == inter.id and not m.loading
 
 
-async def _original(fake: FakeDiscord, inter: FakeInteraction, check: Callable[[StoredMessage], bool] = lambda m: True,
+async def _original(fake: FakeDiscord, inter: FakeInteraction,
+                    check: Callable[[StoredMessage], bool] = lambda m: True,
                     timeout: float = 5.0) -> StoredMessage:
     return await fake.wait_for_message(inter.channel_id or CHANNEL_ID,
                                        lambda m: _by_interaction(fake, inter)(m) and check(m), timeout)
@@ -116,7 +117,8 @@ async def _request_rental(s: Stack) -> tuple[StoredMessage, int]:
     approval_msg = await s.fake.wait_for_message(
         NOTIFY_CHANNEL_ID, lambda m: any(c.startswith("vastops:approval:") for c in m.custom_ids()))
     approval_id = int(approval_msg.custom_ids()[0].split(":")[2])
-    await s.fake.wait_for_message(CHANNEL_ID, lambda m: m.id == picker.id and "waiting for an approver" in m.text())
+    await s.fake.wait_for_message(CHANNEL_ID,
+                                  lambda m: m.id == picker.id and "waiting for an approver" in m.text())
     return approval_msg, approval_id
 
 
@@ -156,12 +158,14 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
                                     fake.click(approval_msg.id, approve, user_id=APPROVER2))
         await a.response()
         await b.response()
-        loser_note = await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Already approved by" in m.content)
+        loser_note = await fake.wait_for_message(NOTIFY_CHANNEL_ID,
+                                                 lambda m: "Already approved by" in m.content)
         assert loser_note.ephemeral
-        await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == approval_msg.id and "Approved by" in m.text()
-                                    and not m.custom_ids())
+        await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == approval_msg.id
+                                    and "Approved by" in m.text() and not m.custom_ids())
         # The instance exists once the rental's status message is posted.
-        await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text() and "provisioning" in m.text())
+        await fake.wait_for_message(NOTIFY_CHANNEL_ID,
+                                    lambda m: "Rental #" in m.text() and "provisioning" in m.text())
         assert len(s.stage.sim.instances) == 1
         rental = (await s.store.list_rentals(limit=1))[0]
         assert rental.state == RentalState.PROVISIONING and rental.instance_id in s.stage.sim.instances
@@ -218,7 +222,8 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
         assert f"Rental #{rental.id}" in overview.text() and "1** active rental" in overview.text()
 
         # /destroy: confirm privately, then the receipt in the channel once Vast confirms.
-        d = await fake.slash("destroy", {"rental": str(rental.id), "reason": "done testing"}, user_id=REQUESTER)
+        d = await fake.slash("destroy", {"rental": str(rental.id), "reason": "done testing"},
+                             user_id=REQUESTER)
         confirm = await _original(fake, d, lambda m: bool(m.custom_ids()))
         button = next(c for c in confirm.custom_ids() if c.startswith("vastops:destroy:"))
         done = await fake.click(confirm.id, button, user_id=REQUESTER)
@@ -238,7 +243,8 @@ async def test_click_on_an_expired_request(fake_discord: FakeDiscord, tmp_path: 
     async with stack(fake_discord, tmp_path) as s:
         approval_msg, approval_id = await _request_rental(s)
         await s.clock.advance(601)  # past APPROVAL_TIMEOUT, before the engine's sweep
-        late = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
+        late = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
+                                  user_id=APPROVER)
         body = await late.response()
         assert body["type"] == 4 and "expired" in body["data"]["content"].lower()
         # The sweep marks it expired and the watcher edits the message: no buttons left.
@@ -278,7 +284,8 @@ async def test_teardown_proposal_buttons(fake_discord: FakeDiscord, tmp_path: Pa
     # the engine's watch is the second line of defence.
     async with stack(fake_discord, tmp_path, scenario="script-404", with_preflight=False) as s:
         approval_msg, approval_id = await _request_rental(s)
-        click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
+        click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
+                                   user_id=APPROVER)
         await click.response()
         await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text())
 
@@ -333,7 +340,8 @@ async def test_failing_command_gets_a_clear_private_answer(fake_discord: FakeDis
         _assert_clean(s)
 
 
-async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: FakeDiscord,
+                                                                tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
         stray = s.stage.sim.seed_instance(label="someone-elses", age=600)
         inter = await s.fake.slash("status", {}, user_id=REQUESTER)
@@ -348,6 +356,7 @@ async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: Fa
         confirm = await s.fake.wait_for_message(CHANNEL_ID, lambda m: f"{button}:confirm" in m.custom_ids())
         yes = await s.fake.click(confirm.id, f"{button}:confirm", user_id=APPROVER)
         assert (await yes.response())["type"] == 7
-        await s.fake.wait_for_message(CHANNEL_ID, lambda m: m.id == confirm.id and "Vast confirmed" in m.content)
+        await s.fake.wait_for_message(CHANNEL_ID,
+                                      lambda m: m.id == confirm.id and "Vast confirmed" in m.content)
         assert stray not in s.stage.sim.instances
         _assert_clean(s)
