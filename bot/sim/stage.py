@@ -16,7 +16,8 @@ import shutil
 import string
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,6 +264,18 @@ class RehearsalStage:
         self.settings = StageSettings(**values)
         return self.settings
 
+    def bot_settings(self, settings: Settings) -> Settings:
+        """The operator's ``settings`` pointed at this stage (for ``VAST_BACKEND=sim python -m bot run``):
+        the simulator's key, the stage's SSH key and script URL, and the scenario's overrides; the
+        Discord ids, teardown policy and timings stay the operator's."""
+        assert self.settings is not None, "start() the stage first"
+        update: dict[str, Any] = {
+            "vast_backend": "sim", "vast_api_key": self.settings.vast_api_key,
+            "ssh_key_path": self.key_path, "provision_script_url": self.settings.provision_script_url,
+            **self.scenario.settings,
+        }
+        return settings.model_copy(update=update)
+
     async def stop(self) -> None:
         for inst in self.instances.values():
             await self._stop_instance(inst)
@@ -393,6 +406,28 @@ class RehearsalStage:
         for key, value in event.items():
             body[key] = self.substitute(inst, value) if isinstance(value, str) else value
         return EVENT_PREFIX + json.dumps(body, separators=(",", ":"))
+
+
+@asynccontextmanager
+async def sim_backend(settings: Settings, clock: Clock, *, scenario: str = "happy",
+                      ) -> AsyncIterator[tuple[Settings, Any]]:
+    """The rehearsal stage behind the real bot: yields ``(settings, vast_client)``.
+
+    For ``VAST_BACKEND=sim python -m bot run``: every instance the bot rents gets its own SSH
+    server and fake ComfyUI and plays ``scenario`` in real time (``happy`` takes ~4 minutes),
+    so a team can rehearse approvals, watching and teardown in their own Discord server without
+    spending. Use the yielded settings (they carry the stage's SSH key) to build the bot.
+    """
+    from bot.sim.scenarios import load_scenario
+    from bot.vast.client import VastClient
+
+    stage = RehearsalStage(load_scenario(scenario), clock)
+    await stage.start()
+    try:
+        async with VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock) as vast:
+            yield stage.bot_settings(settings), vast
+    finally:
+        await stage.stop()
 
 
 def expand_steps(steps: tuple[Step, ...]) -> list[tuple[float, Step]]:

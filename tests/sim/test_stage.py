@@ -11,7 +11,7 @@ import pytest
 from bot.clock import FakeClock
 from bot.provisioning.contract import EVENT_PREFIX, REQUIRED_FIELDS
 from bot.sim.scenarios import ScenarioError, load_all, load_scenario, parse_scenario
-from bot.sim.stage import SIM_API_KEY, RehearsalStage, expand_steps
+from bot.sim.stage import SIM_API_KEY, RehearsalStage, StageSettings, expand_steps, sim_backend
 from bot.vast.client import NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
 from bot.watch.milestones import parse_event
@@ -142,3 +142,25 @@ async def test_own_temporary_directory_is_removed_on_stop() -> None:
     assert stage.key_path.exists()
     await stage.stop()
     assert not stage.dir.exists()
+
+
+async def test_sim_backend_puts_the_stage_behind_the_real_bot() -> None:
+    # What `VAST_BACKEND=sim python -m bot run` needs: the operator's settings, pointed at the stage.
+    operator = StageSettings(discord_guild_id=42, notify_channel_id=43, teardown_policy="propose",
+                             poll_interval=30)
+    clock = FakeClock(start=AUDIT_DAY)
+    async with sim_backend(operator, clock, scenario="port-noise-only") as (settings, vast):
+        assert settings.discord_guild_id == 42 and settings.teardown_policy == "propose"
+        assert settings.is_sim and settings.ssh_key_path is not None and settings.ssh_key_path.exists()
+        offer = (await vast.search_offers(OfferQuery(disk_gb=80, max_dph=1.0)))[0]
+        instance_id = await vast.create_instance(offer.id, image="img", disk_gb=80, label="vastops-bot")
+        await clock.advance(60, step=1.0)
+        endpoint = endpoint_for(await vast.get_instance(instance_id))
+        assert endpoint is not None
+        session = await SshLogSession.connect(endpoint, key_path=settings.ssh_key_path, known_host_key=None,
+                                              connect_timeout=5)
+        try:
+            assert (await session.read_new(settings.provision_log_path, 0)).size > 0
+        finally:
+            await session.close()
+    assert not settings.ssh_key_path.exists()  # the stage cleaned up after itself
