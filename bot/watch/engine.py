@@ -334,6 +334,17 @@ class WatchEngine:
         running_since = watch.memory.milestones.get(Milestone.CONTAINER_RUNNING.value, now)
         if watch.session is None and now >= watch.next_ssh_attempt and not watch.memory.fallback_only:
             await self._connect(watch, inst, now, running_since)
+            if watch.session is not None and watch.memory.fallback_tail and watch.log_offset == 0:
+                # SSH is back after the container log was read: the file holds the same lines.
+                # Catch up through the container log once more and tail the file from its end,
+                # so nothing is analysed (and posted) twice.
+                await self._container_logs(watch, now)
+                try:
+                    probe = await watch.session.read_new(self.policy.log_path, 0, max_bytes=1)
+                except SshTransient:
+                    await self._close_session(watch)
+                    return
+                watch.log_offset = 0 if probe.missing else probe.size
         if watch.session is not None:
             await self._tail(watch, now)
             if watch.memory.comfy_pending and watch.session is not None:
