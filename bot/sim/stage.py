@@ -534,6 +534,14 @@ class RunResult:
                 first = worse[0]
                 out.append(f"{len(worse)} finding(s) above {exp.max_severity}, first: "
                            f"{first.get('severity')} {first.get('category')}: {str(first.get('text'))[:80]}")
+        if exp.unique_findings:
+            seen: set[tuple[str, str]] = set()
+            for f in self.findings:
+                key = (str(f.get("category")), str(f.get("text")))
+                if key in seen:
+                    out.append(f"finding posted twice: {key[0]}: {key[1][:80]}")
+                    break
+                seen.add(key)
         if exp.country_not_in and (self.country is None or self.country in exp.country_not_in):
             out.append(f"rented a host in {self.country or 'an unknown country'} ({self.geolocation})")
         return out

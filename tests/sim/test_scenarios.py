@@ -113,8 +113,11 @@ async def test_ssh_never_falls_back_to_the_container_log_then_hits_the_deadline(
 
 async def test_ssh_refused_through_a_long_boot_is_no_false_alarm(outcome: Outcome) -> None:
     result = await outcome("ssh-refused")
-    assert result.verdict == "ready"
-    assert {f["severity"] for f in result.findings} <= {"warn"}
+    assert result.verdict == "degraded"  # an optional node failed meanwhile; still a good rental
+    assert {f["severity"] for f in result.findings} <= {"warn", "error"}
+    # What the container log told the bot is not posted again when SSH takes over.
+    texts = [f["text"] for f in result.findings]
+    assert len(texts) == len(set(texts))
     milestones = {e.payload["name"]: e.ts for e in result.events if e.kind == "milestone"}
     # Provisioning was followed through the container log while SSH refused ...
     assert milestones["provisioning_complete"] < milestones["ssh_ready"]

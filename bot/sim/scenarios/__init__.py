@@ -70,6 +70,7 @@ class Expectation:
     advice_contains: tuple[str, ...] = ()  # ... and its advice these
     max_severity: str | None = None  # no finding above this severity (noise must stay noise)
     country_not_in: tuple[str, ...] = ()  # the rented host must not be in these countries
+    unique_findings: bool = False  # no finding (same category, line text) is posted twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,7 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
         advice_contains=tuple(expect_raw.get("advice_contains", ())),
         max_severity=expect_raw.get("max_severity"),
         country_not_in=tuple(expect_raw.get("country_not_in", ())),
+        unique_findings=bool(expect_raw.get("unique_findings", False)),
     )
     base_raw = _req(data, "baseline", where)
     baseline = Baseline(seconds=float(_req(base_raw, "seconds", f"{where} baseline")),
