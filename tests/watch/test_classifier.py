@@ -273,7 +273,7 @@ fragments = st.one_of(
 @given(parts=st.lists(fragments, max_size=6))
 def test_gate_agrees_with_brute_force(parts: list[str]) -> None:
     text = "".join(parts)
-    rule = Classifier(RULES).match_rule(text)
+    rule = CLASSIFIER.match_rule(text)
     assert (rule.id if rule else None) == _brute_force(text)
 
 
