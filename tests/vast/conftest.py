@@ -7,7 +7,8 @@ sleeper's deadline (backoff, spacing, polling) so nothing waits in real time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import faulthandler
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -42,6 +43,14 @@ async def drive(clock: FakeClock, awaitable: Awaitable[T], *, max_sim_seconds: f
             raise AssertionError(f"operation still sleeping after {max_sim_seconds}s of simulated time")
         await clock.advance(max(0.0, deadline - clock.now()))
     return task.result()
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Iterator[None]:
+    # An operation left sleeping on the FakeClock without ``drive`` would wait forever: fail loudly.
+    faulthandler.dump_traceback_later(60, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

@@ -219,7 +219,9 @@ async def test_the_api_key_never_appears_in_urls_logs_or_reprs(
     sim.inject_fault("GET", "/api/v1/instances/", "429_json")
     sim.inject_fault("GET", "/api/v0/instances/*", "503")
     offers = await client.search_offers(OfferQuery(gpu_names=["RTX 3090"]))
-    instance_id = await client.create_instance(offers[0].id, image="img", disk_gb=20, label="secret-check")
+    instance_id = await drive(
+        clock, client.create_instance(offers[0].id, image="img", disk_gb=20, label="secret-check")
+    )
     await drive(clock, client.list_instances())
     await drive(clock, client.get_instance(instance_id))
     await drive(clock, client.request_logs(instance_id))
