@@ -17,7 +17,7 @@ _HINTS: dict[str, str] = {
     "VastRateLimited": "Vast is throttling this endpoint; slow down polling",
     "VastUnavailableOffer": "the offer was taken or withdrawn; pick another offer",
     "VastServerError": "Vast is having trouble; try again later",
-    "VastTransportError": "Vast could not be reached; check the network or VAST_API_URL",
+    "VastTransportError": "Vast could not be reached or did not answer; check the network or VAST_API_URL",
 }
 
 
