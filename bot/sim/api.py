@@ -69,6 +69,9 @@ class SimRequest:
     status: int | None = None  # None when the connection was dropped or hung
 
 
+_ENTRY = web.RequestKey("vastsim_entry", SimRequest)
+
+
 @dataclass
 class _Fault:
     method: str
@@ -320,7 +323,7 @@ class VastSim:
         )
         self.calls.append((request.method, request.path))
         self.requests.append(entry)
-        request["sim_entry"] = entry
+        request[_ENTRY] = entry
         response = await handler(request)
         entry.status = response.status
         return response
@@ -354,7 +357,7 @@ class VastSim:
 
     @web.middleware
     async def _rate_limit_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        entry: SimRequest = request["sim_entry"]
+        entry: SimRequest = request[_ENTRY]
         threshold = self.rate_limits.get(entry.endpoint)
         if threshold:
             last = self._last_call.get(entry.endpoint)
