@@ -248,3 +248,13 @@ async def test_client_accepts_a_secret_str_key(sim: VastSim, make_client: Client
 def test_a_key_in_the_base_url_is_refused() -> None:
     with pytest.raises(ValueError, match="query string"):
         VastClient("https://console.vast.ai/?api_key=abc", None)
+
+
+async def test_offer_ids_re_checks_one_quoted_offer(client: VastClient, sim: VastSim) -> None:
+    quoted = (await client.search_offers(OfferQuery(gpu_names=["RTX 4090"], min_reliability=0.98)))[0]
+    again = await client.search_offers(OfferQuery(offer_ids=[quoted.id], limit=5))
+    assert [o.id for o in again] == [quoted.id]
+    assert sim.requests[-1].endpoint == "POST /api/v0/bundles/"
+    # An offer in an excluded country stays excluded even when asked for by id.
+    china = next(o["id"] for o in sim.offers if o["geolocation"] == "Guangdong, China")
+    assert await client.search_offers(OfferQuery(offer_ids=[china])) == []
