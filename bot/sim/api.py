@@ -45,6 +45,14 @@ RUNTYPE_TOKENS = frozenset(
     {"ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter", "jupyter_proxy", "jupyter_direc",
      "jupyter_direct", "args"}
 )
+# Vast's published per-endpoint thresholds (vast-api.md §1), for ``VastSim(rate_limits=...)``.
+PUBLISHED_RATE_LIMITS: dict[str, float] = {
+    "PUT /api/v0/asks/{id}/": 4.5,
+    "GET /api/v1/instances/": 1.0,
+    "GET /api/v0/instances/{id}/": 2.0,
+    "DELETE /api/v0/instances/{id}/": 3.0,
+    "POST /api/v0/bundles/": 6.0,  # "10 requests/minute/IP"
+}
 _OPERATORS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "in", "notin"})
 _QUERY_META = frozenset({"order", "limit", "type", "allocated_storage", "select_cols", "disable_bundling"})
 _FIELD_ALIASES = {"dph": "dph_total", "cuda_vers": "cuda_max_good"}
