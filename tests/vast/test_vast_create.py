@@ -44,7 +44,7 @@ async def test_a_create_whose_answer_is_lost_is_reconciled_not_duplicated(
 async def test_a_create_that_times_out_before_applying_rents_nothing(
     sim: VastSim, make_client: ClientFactory, clock: FakeClock
 ) -> None:
-    client = make_client(sim.base_url, timeout=0.3, reconcile_checks=3, reconcile_interval=5.0)
+    client = make_client(sim.base_url, timeout=0.5, reconcile_checks=3, reconcile_interval=5.0)
     sim.inject_fault("PUT", "/api/v0/asks/{id}/", "timeout")
     start = clock.now()
     with pytest.raises(VastTransportError, match="nothing was rented") as caught:

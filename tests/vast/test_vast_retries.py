@@ -82,7 +82,7 @@ async def test_the_total_retry_time_bounds_the_attempts(
 
 
 async def test_a_timeout_is_retried(sim: VastSim, make_client: ClientFactory, clock: FakeClock) -> None:
-    client = make_client(sim.base_url, timeout=0.3)
+    client = make_client(sim.base_url, timeout=0.5)
     sim.inject_fault("GET", "/api/v0/users/current/", "timeout")
     user = await drive(clock, client.current_user())
     assert user.credit == pytest.approx(100.0)
@@ -90,7 +90,7 @@ async def test_a_timeout_is_retried(sim: VastSim, make_client: ClientFactory, cl
 
 
 async def test_timeouts_until_the_budget_is_spent(sim: VastSim, make_client: ClientFactory, clock) -> None:
-    client = make_client(sim.base_url, timeout=0.2, max_attempts=2)
+    client = make_client(sim.base_url, timeout=0.5, max_attempts=2)
     sim.inject_fault("GET", "/api/v0/users/current/", "timeout", times=2)
     with pytest.raises(VastTransportError, match="no answer within") as caught:
         await drive(clock, client.current_user())
