@@ -139,7 +139,10 @@ class SimSshServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Reserve ``host:port`` (0 = any free port) and return the port; listening comes later."""
+        """Reserve ``host:port`` (0 = any free port) and return the port.
+
+        Listening starts at once when ``boot_delay <= 0``, else once the clock passes it.
+        """
         if self._sock is not None:
             raise RuntimeError("already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -150,7 +153,11 @@ class SimSshServer:
         self._sock = sock
         self.port = sock.getsockname()[1]
         self._t0 = self._clock.now()
-        if not self.refuse_forever:
+        if self.refuse_forever:
+            return self.port
+        if self.boot_delay <= 0:
+            await self._listen()  # no boot to wait for: callers may connect as soon as this returns
+        else:
             self._boot_task = asyncio.create_task(self._boot(), name=f"sim-sshd-boot:{self.port}")
         return self.port
 

@@ -145,3 +145,9 @@ async def test_connect_timeout_is_transient_timeout(key_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_no_boot_delay_listens_when_start_returns(make_sim: SimFactory, connect: SessionFactory) -> None:
+    srv = await make_sim(boot_delay=0)
+    assert srv.listening
+    assert (await connect(srv)).trusted_on_first_use
