@@ -246,7 +246,7 @@ class SimSshServer:
         """Map an absolute instance path (``/workspace/x.log``) into ``root``, refusing escapes."""
         candidate = (self.root / remote.lstrip("/")).resolve()
         if candidate != self.root and self.root not in candidate.parents:
-            raise _Refused(f"{remote}: outside the instance", 1)
+            raise ValueError(f"{remote}: outside the instance")
         return candidate
 
     # -- exec --------------------------------------------------------------------------------
@@ -278,7 +278,10 @@ class SimSshServer:
         handler = self._commands.get(argv[0])
         if handler is None:
             raise _Refused(f"sh: 1: {argv[0]}: not found", 127)
-        return handler(self, argv[1:])
+        try:
+            return handler(self, argv[1:])
+        except ValueError as exc:  # a path escaping the root
+            raise _Refused(f"{argv[0]}: {exc}", 1) from None
 
     def _cmd_true(self, args: Sequence[str]) -> bytes:
         return b""
