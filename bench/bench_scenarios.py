@@ -12,14 +12,11 @@ import asyncio
 import io
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bot.clock import FakeClock  # noqa: E402
-from bot.sim.demo import DEFAULT_SPEED, outcome_text, run_demo  # noqa: E402
-from bot.sim.scenarios import load_all  # noqa: E402
-from bot.sim.stage import RunResult, play  # noqa: E402
+from bot.clock import FakeClock
+from bot.sim.demo import DEFAULT_SPEED, outcome_text, run_demo
+from bot.sim.scenarios import load_all
+from bot.sim.stage import RunResult, play
 
 AUDIT_DAY = 1_770_285_600.0
 
@@ -38,8 +35,9 @@ async def main() -> int:
     print("signal->decision: from the first conclusive signal (or the deadline it was due at) to the")
     print("teardown decision; '-' where the run was good and kept. spent $: billed by the simulator until")
     print("spending stopped (failures) or until ComfyUI was confirmed ready (successes).")
-    print("audit $: the audit's approach on the same run (blind collector, 3,600 s timeout) at the rented")
-    print("$/h (china-cheapest: at the China offer the audit's UA-only filter rents). ratio = audit $ / spent $.\n")
+    print("audit $: the audit's approach on the same run (blind collector, 3,600 s timeout) at the")
+    print("rented $/h (china-cheapest: at the China offer the audit's UA-only filter rents).")
+    print("ratio = audit $ / spent $.\n")
     print(header)
     print("-" * len(header))
     worst = 0.0

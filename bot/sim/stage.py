@@ -547,9 +547,6 @@ class RunResult:
         return out
 
 
-Notify = Callable[[Rental, Event], Awaitable[None]]
-
-
 class _Notifier:
     """Fans engine events out to the caller's notifier (if any) and keeps them in order."""
 

@@ -184,6 +184,8 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
     stop = expect_raw.get("stop", "none")
     if stop not in _STOP_KINDS:
         raise ScenarioError(f"{where}: expect.stop must be one of {_STOP_KINDS}")
+    if expect_raw.get("max_severity") not in (None, "info", "warn", "error", "fatal"):
+        raise ScenarioError(f"{where}: expect.max_severity must be info, warn, error or fatal")
     signal_at = expect_raw.get("signal_at")
     if stop != "none" and signal_at is None:
         raise ScenarioError(f"{where}: expect.signal_at is required when spending must stop")
