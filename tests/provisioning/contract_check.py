@@ -8,9 +8,6 @@ from bot.provisioning.contract import EVENT_PREFIX, EVENTS, REQUIRED_FIELDS, SCH
 
 MAX_LINE_BYTES = 1024
 
-# Every event name and status seen by any test, so the drift test can show the vocabulary is exercised.
-SEEN_EVENTS: set[str] = set()
-
 
 def assert_contract_lines(text: str, *, run_id: str) -> list[dict]:
     """Parse every prefixed line of ``text`` and assert it follows bot/provisioning/contract.py."""
@@ -33,7 +30,6 @@ def assert_contract_lines(text: str, *, run_id: str) -> list[dict]:
         for value in event.values():
             if isinstance(value, str) and "://" in value:
                 assert "?" not in value and "@" not in value.split("://", 1)[1].split("/", 1)[0], line
-        SEEN_EVENTS.add(event["ev"])
         events.append(event)
     return events
 
