@@ -108,7 +108,7 @@ class RunAnalysis:
         return self._feed_native(text, lineno)
 
     def _feed_native(self, text: str, lineno: int) -> LineOutcome:
-        if _RUNNING_SCRIPT.search(text):
+        if "Running provisioning script" in text and _RUNNING_SCRIPT.search(text):
             self._start_marker("native")
         outcome = LineOutcome(lineno, text, self._attempt)
         cls = self.classifier.classify_line(text)
@@ -122,7 +122,7 @@ class RunAnalysis:
             if cls.consequence:
                 self._signal(lineno)
         outcome.milestones = self._milestone_hits(self.milestone_parser.feed_native(text, lineno), lineno)
-        if m := _ATTEMPT_FAILED.search(text):
+        if "Attempt " in text and (m := _ATTEMPT_FAILED.search(text)):
             if cls is None or not cls.consequence:
                 self._signal(lineno)
             # The failed attempt is closed; whatever follows belongs to the retry.

@@ -32,19 +32,23 @@ _ESCAPES = re.compile(
 )
 # Whatever control characters remain (NUL, BEL, backspace, a lone ESC, C1 controls) carry no text.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_NEEDS_CLEANING = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # An earlier CR-separated segment is kept only when it could matter to the classifier.
-_NOTABLE = re.compile(
-    r"error|fail|fatal|exception|traceback|denied|refused|no space|not found|unauthori[sz]ed|forbidden"
-    r"|killed|abort",
-    re.IGNORECASE,
-)
+_NOTABLE_WORDS = ("error", "fail", "fatal", "exception", "traceback", "denied", "refused", "no space",
+                  "not found", "unauthori", "forbidden", "killed", "abort")
+
+
+def _notable(text: str) -> bool:
+    low = text.lower()
+    for word in _NOTABLE_WORDS:  # a loop of `in` tests beats an IGNORECASE alternation here
+        if word in low:
+            return True
+    return False
 
 
 def clean_segment(raw: str) -> str:
     """Strip escapes and control characters, and trailing whitespace."""
-    if _NEEDS_CLEANING.search(raw) is None:
+    if _CONTROLS.search(raw) is None:
         return raw.rstrip()
     if "\x1b" in raw or "\x9b" in raw:
         raw = _ESCAPES.sub("", raw)
@@ -157,7 +161,7 @@ class LineAssembler:
             return
         previous = self._last
         if (previous is not None and previous != text and len(self._kept) < MAX_KEPT_SEGMENTS
-                and _NOTABLE.search(previous) is not None
+                and _notable(previous)
                 and (not self._kept or self._kept[-1] != previous)):
             self._kept.append(previous)
         self._last = text

@@ -124,13 +124,6 @@ _TUNNEL_PORTAL = re.compile(r"Default Tunnel started for Instance Portal \(([^)]
 _TRYCLOUDFLARE = re.compile(r"https://\w+(?:-\w+)+\.trycloudflare\.com")
 _TUNNEL_TARGET = re.compile(r"\[(https?://[^\]\s]+)\]")
 _NAMED_TUNNEL = re.compile(r"Cloudflare daemon started|Named tunnel process started")
-# Cheap gate: a native line without any of these words cannot produce a milestone.
-_NATIVE_GATE = re.compile(
-    r"Provision|provision|Script saved|Successfully|installed successfully|Installed \d|pytorch version"
-    r"|custom_nodes|Downloading|File already exists|Import times|Starting server|To see the GUI|Tunnel|tunnel"
-    r"|trycloudflare|Cloudflare daemon")
-
-
 class MilestoneParser:
     """Stateful milestone detection over one run's lines (events and native lines)."""
 
@@ -189,44 +182,47 @@ class MilestoneParser:
 
     # -- native lines -----------------------------------------------------------------------------
     def feed_native(self, line: str, lineno: int) -> list[MilestoneHit]:
-        if _NATIVE_GATE.search(line) is None:
-            return []
         hits: list[MilestoneHit] = []
         seen = self.seen
-        if Milestone.PROVISIONING_STARTED not in seen and (m := _PROV_STARTED.search(line)):
+        # Each regex runs only when a word it needs is present: most lines pass the gate for one reason.
+        if (Milestone.PROVISIONING_STARTED not in seen and "rovision" in line
+                and (m := _PROV_STARTED.search(line))):
             detail = {"url": strip_query(m.group(1))} if m.group(1) else {}
             self._hit(hits, Milestone.PROVISIONING_STARTED, lineno, **detail)
         if Milestone.SCRIPT_FETCHED not in seen:
-            if (m := _SCRIPT_SAVED.search(line)) and int(m.group(2)) >= MIN_SCRIPT_BYTES:
-                self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), bytes=int(m.group(2)))
-            elif m := _SCRIPT_CREATED.search(line):
+            if "Script saved" in line and (m := _SCRIPT_SAVED.search(line)):
+                if int(m.group(2)) >= MIN_SCRIPT_BYTES:
+                    self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), bytes=int(m.group(2)))
+            elif "Successfully created" in line and (m := _SCRIPT_CREATED.search(line)):
                 self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), url=strip_query(m.group(2)))
-        if Milestone.PACKAGES_INSTALLED not in seen and _PACKAGES.search(line):
+        if Milestone.PACKAGES_INSTALLED not in seen and "nstalled" in line and _PACKAGES.search(line):
             self._hit(hits, Milestone.PACKAGES_INSTALLED, lineno)
-        if m := _NODE_ACTIVITY.search(line):
+        if ("custom_nodes" in line or "node: " in line) and _NODE_ACTIVITY.search(line):
             self._nodes_open = True
             if line.lstrip().startswith(("Cloning into", "Git repo ready", "Repo already exists")):
                 self._nodes_count += 1
-        if m := _MODEL_DONE.search(line):
+        if ("Successfully downloaded" in line or "File already exists" in line) and _MODEL_DONE.search(line):
             self._close_nodes(hits, lineno)
             self._models_done += 1
             self._last_model_line = lineno
-        elif _MODEL_STAGE.search(line):
+        elif "Downloading" in line and _MODEL_STAGE.search(line):
             self._close_nodes(hits, lineno)
-        if _PROV_COMPLETE.search(line):
+        if ("omplete" in line or "OMPLETE" in line) and _PROV_COMPLETE.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
             self._hit(hits, Milestone.PROVISIONING_COMPLETE, lineno)
-        if _COMFY_STARTING.search(line):
+        gui = "To see the GUI" in line
+        if (gui or "Import times" in line or "Starting server" in line) and _COMFY_STARTING.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
-        if m := _TORCH.search(line):
+        if "pytorch version" in line and (m := _TORCH.search(line)):
             self._hit(hits, Milestone.TORCH_READY, lineno, version=m.group(1))
-        if Milestone.COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
+        if gui and Milestone.COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
             scheme, host, port = m.groups()
             self._hit(hits, Milestone.COMFYUI_READY, lineno, url=f"{scheme}://{host}:{port}", port=int(port),
                       needs_http_check=True)
-        if Milestone.TUNNEL_READY not in seen or Milestone.PORTAL_READY not in seen:
+        if ((Milestone.TUNNEL_READY not in seen or Milestone.PORTAL_READY not in seen)
+                and ("unnel" in line or "trycloudflare" in line or "Cloudflare daemon" in line)):
             self._tunnels(hits, line, lineno)
         return hits
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from urllib.parse import quote, quote_plus
 
+from bot.watch.classifier import fold_lower, literal_gate, required_literals
+
 MIN_SECRET_LEN = 6
 MARK = "«redacted»"
 # Names the pattern pass uses in its markers; known-value markers use the secret's own name.
@@ -88,10 +90,35 @@ _SIGNED_URL = re.compile(
 _SIGNED_PARAMS = re.compile(
     r"(?i)([?&](?:se|sp|sv|st|sr|spr|srt|ss|skoid|sktid|skt|ske|sks|skv)=)" + _NM + r"[^&\s\"'<>#]+")
 
-# Cheap gate: a line without any of these cannot match a pattern, so most lines skip the regexes.
-_TRIGGER = re.compile(
-    r"(?i)token|key|secret|pass|auth|bearer|credential|sig|policy|hf_|gh[pousr]_|github_pat|sk-|eyJ|://|"
-    r"discord|civitai|-----BEGIN|[MNO][A-Za-z\d_-]{22,27}\.")
+# Cheap gate on the lower-cased line: a line without any of these cannot match a pattern, so most lines
+# skip the regexes (a test checks the gate never changes a result). Discord bot tokens have no keyword;
+# their own cheap shape is the gate.
+TRIGGER_WORDS = ("token", "key", "secret", "pass", "auth", "bearer", "credential", "sig=", "signature=",
+                 "policy=", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat", "sk-", "eyj", "://",
+                 "civitai", "vast")
+_TRIGGER = literal_gate(TRIGGER_WORDS)
+
+
+def _prefilter(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Short words one of which any match of ``pattern`` contains (None: no such words, always run).
+
+    Each required literal is replaced by the shortest trigger word inside it, so a pattern with 63
+    literal spellings ("?token=", "&api_key="...) is checked with a handful of ``in`` tests.
+    """
+    literals = required_literals(pattern.pattern)
+    if not literals:
+        return None
+    words = set()
+    for lit in literals:
+        inside = [w for w in TRIGGER_WORDS if w in lit]
+        words.add(min(inside, key=len) if inside else lit)
+    return tuple(sorted(words))
+
+
+_GATED_PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...] | None]] = [
+    (pattern, replacement, _prefilter(pattern)) for _name, pattern, replacement in _PATTERNS
+]
+_DISCORD_SHAPE = re.compile(r"\.[A-Za-z\d_-]{6,7}\.[A-Za-z\d_-]{27}")  # the token's middle part
 
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
@@ -124,15 +151,18 @@ class Redactor:
         """Return ``text`` with every known secret and every secret-looking value replaced."""
         if not text:
             return text
-        if self._exact is not None:
+        low = fold_lower(text)
+        if self._exact is not None and any(form in low for form in self._lowered):
             text = self._exact.sub(self._replace_exact, text)
-        if _TRIGGER.search(text) is None:
+            low = fold_lower(text)
+        if _TRIGGER.search(low) is None and _DISCORD_SHAPE.search(text) is None:
             return text
         for _ in range(_MAX_PASSES):
-            new = self._patterns(text)
+            new = self._patterns(text, low)
             if new == text:
                 break
             text = new
+            low = fold_lower(text)
         return text
 
     def redact_line(self, line: str) -> str:
@@ -146,9 +176,10 @@ class Redactor:
                 return _mark("private-key")
             # Not a PEM body line: the block was cut short; treat this line normally.
             self._in_pem = False
-        begin = _PEM_BEGIN.search(line)
-        if begin is not None and _PEM_END.search(line, begin.end()) is None:
-            self._in_pem = True
+        if "PRIVATE KEY" in line:
+            begin = _PEM_BEGIN.search(line)
+            if begin is not None and _PEM_END.search(line, begin.end()) is None:
+                self._in_pem = True
         return self.redact(line)
 
     # -- internals --------------------------------------------------------------------------------
@@ -163,6 +194,8 @@ class Redactor:
         return changed
 
     def _compile(self) -> None:
+        # Lower-cased forms: a cheap containment pre-check (case-insensitive, so a superset of matches).
+        self._lowered = tuple(sorted({fold_lower(form) for form in self._secrets}))
         if not self._secrets:
             self._exact = None
             return
@@ -186,10 +219,14 @@ class Redactor:
         return _mark(name)
 
     @staticmethod
-    def _patterns(text: str) -> str:
+    def _patterns(text: str, low: str) -> str:
+        # ``low`` stays a valid prefilter while ``text`` changes: a replacement inserts a marker and
+        # never joins two pieces of the original text into a new literal.
         if "://" in text and _SIGNED_URL.search(text):
             text = _SIGNED_URL.sub(lambda m: _SIGNED_PARAMS.sub(r"\1" + MARK, m.group(0)), text)
-        for _name, pattern, replacement in _PATTERNS:
+        for pattern, replacement, lits in _GATED_PATTERNS:
+            if lits is not None and not any(lit in low for lit in lits):
+                continue
             text = pattern.sub(replacement, text)
         return text
 
