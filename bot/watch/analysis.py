@@ -278,9 +278,11 @@ class RunAnalysis:
         why = str(ev.get("why") or "")
         required = ev.get("required") is True
 
+        shown = event_text(ev)  # readable on a phone; the raw JSON stays in the log at ``lineno``
+
         def make(category: Category, severity: Severity, advice: str, *, stops: bool = False,
                  rule: str = "") -> Finding:
-            return Finding(category, severity, text, advice, line=lineno, stops_run=stops,
+            return Finding(category, severity, shown, advice, line=lineno, stops_run=stops,
                            rule=rule or f"event.{ev.ev}")
 
         if ev.ev == "run.done":
@@ -379,6 +381,26 @@ class RunAnalysis:
             if record.attempt == self._attempt and f.category == Category.SCRIPT_MISSING and (
                     f.stops_run or f.severity == Severity.FATAL):
                 record.finding = dataclasses.replace(f, severity=Severity.ERROR, stops_run=False)
+
+
+_EVENT_DETAIL_KEYS = ("what", "host", "path", "http", "step", "rc", "need_gb", "free_gb", "ver", "base", "cuda",
+                      "changed", "available", "from", "to", "url", "bytes")
+
+
+def event_text(ev: ProvEvent) -> str:
+    """One readable line for a structured event: ``node.reqs fail: ComfyUI-ReActor (rc=1) — why``."""
+    text = f"{ev.ev} {ev.st}"
+    name = ev.get("name")
+    if name:
+        text += f": {name}"
+    details = ["required"] if ev.get("required") is True else []
+    details += [f"{key}={ev.get(key)}" for key in _EVENT_DETAIL_KEYS if ev.get(key) is not None]
+    if details:
+        text += f" ({', '.join(details)})"
+    why = ev.get("why")
+    if why:
+        text += f" — {why}"
+    return text
 
 
 _TORCH_CHANGED = ("A requirement replaced PyTorch, so ComfyUI will likely lose the GPU. Remove or pin the node/package "

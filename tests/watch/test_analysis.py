@@ -167,6 +167,8 @@ def test_our_events_required_node_fails_the_run() -> None:
     assert (cause.category, cause.severity, cause.rule) == (Category.DEPENDENCY_FATAL, Severity.FATAL,
                                                             "event.node.reqs")
     assert cause.line == 5
+    # Event findings read as one human line; the raw JSON stays in the log at that line number.
+    assert cause.text == "node.reqs fail: ComfyUI-Impact-Pack (required, rc=1) — pip resolution failed"
     done = a.findings[-1]
     assert done.rule == "event.run_done_fail" and done.line == 6
 
