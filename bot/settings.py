@@ -41,6 +41,9 @@ SETTING_HELP: dict[str, str] = {
     "SSH_KEY_PATH": "the private SSH key registered on the Vast.ai account, used to read logs",
     "PROVISION_SCRIPT_URL": "the URL of the provisioning script the instances run (deploy/provision.sh)",
     "PROVISION_SCRIPT_SHA256": "optional SHA-256 pin of the provisioning script",
+    "PROVISION_NODES": "optional custom nodes for the script: space-separated url[@ref][!] (! = required)",
+    "PROVISION_MODELS": "optional models for the script: space-separated dir|url[|min_bytes[|size_bytes]]",
+    "PROVISION_MANIFEST": "optional URL of a manifest file listing nodes, models, apt and pip packages",
     "PROVISION_LOG_PATH": "where the provisioning script writes its log on the instance (also read by the watcher)",
     "EXCLUDED_COUNTRIES": "comma-separated country codes never rented from",
     "MAX_PRICE_PER_HOUR": "the highest $/h an offer may cost",
@@ -86,6 +89,9 @@ class Settings(BaseSettings):
     provision_log_path: str = DEFAULT_LOG_PATH
     docker_image: str = "vastai/comfyui:@vastai-automatic-tag"
     disk_gb: int = Field(default=80, ge=10, le=2000)
+    provision_nodes: str | None = None
+    provision_models: str | None = None
+    provision_manifest: str | None = None
     hf_token: SecretStr | None = None
     civitai_token: SecretStr | None = None
 
@@ -115,7 +121,7 @@ class Settings(BaseSettings):
     @field_validator(
         "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
         "notify_channel_id", "approver_role_id", "ssh_key_path", "provision_script_url",
-        "provision_script_sha256", mode="before",
+        "provision_script_sha256", "provision_nodes", "provision_models", "provision_manifest", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
