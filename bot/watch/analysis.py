@@ -202,11 +202,13 @@ class RunAnalysis:
             bits = [f"step {done.get('step')}" if done.get("step") else "",
                     f"exit {done.get('rc')}" if done.get("rc") is not None else ""]
             why = done.get("why")
-            detail = ", ".join(b for b in bits if b)
-            if detail:
-                text = f"{text} ({detail})"
-            if why:
-                text = f"{text}: {why}"
+            detail = " ({})".format(", ".join(b for b in bits if b)) if any(bits) else ""
+            # Our script's own reason may itself be recognisable ("No space left on device").
+            known = self._classify_reason(str(why)) if why else None
+            if known is not None and not known.noise and not known.consequence:
+                return Finding(known.category, Severity.FATAL, f"provisioning script failed{detail}: {why}",
+                               known.advice, line=line, stops_run=True, rule=f"analysis.run_done.{known.rule_id}")
+            text = f"{text}{detail}" + (f": {why}" if why else "")
         return Finding(Category.DEPENDENCY_FATAL, Severity.FATAL, text, NO_CAUSE_ADVICE, line=line,
                        stops_run=True, rule="analysis.no_cause")
 

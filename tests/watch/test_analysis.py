@@ -248,6 +248,16 @@ def test_run_done_fail_without_cause_names_step_and_rc() -> None:
     assert cause.text == f"{NO_CAUSE_TEXT} (step models, exit 7): model x: download failed"
 
 
+def test_run_done_fail_reason_is_classified_when_recognisable() -> None:
+    a = analyse_lines([ev("run.start", "start", 1), ev("run.done", "fail", 2, step="models", rc=1,
+                                                       why="curl: (23) Failure writing output to destination")])
+    cause = a.cause()
+    assert cause is not None and (cause.category, cause.line, cause.stops_run) == (Category.DISK_FULL, 2, True)
+    assert "DISK_GB" in cause.advice
+    assert cause.text == ("provisioning script failed (step models, exit 1): "
+                          "curl: (23) Failure writing output to destination")
+
+
 def test_malformed_event_line_is_classified_as_a_line() -> None:
     broken = EVENT_PREFIX + '{"v":1,"run":"r","att":1,"seq":9,"ts":"t","ev":"run.done","st":"fail","step":"pi'
     out = RunAnalysis(CLASSIFIER).feed_line(broken, 1)
