@@ -41,7 +41,9 @@ NO_CAUSE_TEXT = "provisioning script failed without a recognised cause — see t
 NO_CAUSE_ADVICE = ("The script stopped without an error we recognise. Read the last 20 lines of the log "
                    "(the logs command) and fix the step that ran last.")
 CONSEQUENCE_ADVICE = "This only says the script failed; the cause is an earlier line (shown as the cause)."
-MAX_MINOR_FINDINGS = 2000  # warn/info findings kept; fatal/error ones are always kept
+# Findings kept per attempt (a log can repeat one error line for hours). Fatal / stops-run findings
+# are always kept, and the earliest ones are, so the cause never depends on this cap.
+MAX_FINDINGS_PER_ATTEMPT = 2000
 
 _ATTEMPT_FAILED = re.compile(r"\bAttempt (\d+)/(\d+) failed")
 _RUNNING_SCRIPT = re.compile(r"\bRunning provisioning script\b")
@@ -85,7 +87,8 @@ class RunAnalysis:
         self.lines_seen = 0
         self._counter: Counter[str] = Counter()
         self._records: list[_Record] = []
-        self._minor_dropped = 0
+        self._kept_per_attempt: Counter[int] = Counter()
+        self.findings_dropped = 0  # over the per-attempt cap: still counted in ``counts``
         self._milestones: list[MilestoneHit] = []
         self._attempt = 1
         self._markers: set[str] = set()
@@ -257,10 +260,11 @@ class RunAnalysis:
         self._counter[category.value] += 1
 
     def _add(self, finding: Finding, *, consequence: bool) -> None:
-        minor = finding.severity.rank < Severity.ERROR.rank and not finding.stops_run
-        if minor and len(self._records) >= MAX_MINOR_FINDINGS:
-            self._minor_dropped += 1
+        vital = finding.stops_run or finding.severity == Severity.FATAL
+        if not vital and self._kept_per_attempt[self._attempt] >= MAX_FINDINGS_PER_ATTEMPT:
+            self.findings_dropped += 1
             return
+        self._kept_per_attempt[self._attempt] += 1
         self._records.append(_Record(finding, self._attempt, consequence))
 
     def _milestone_hits(self, hits: list[MilestoneHit], lineno: int) -> list[MilestoneHit]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.provisioning.contract import EVENT_PREFIX
-from bot.watch.analysis import NO_CAUSE_TEXT, RunAnalysis
+from bot.watch.analysis import MAX_FINDINGS_PER_ATTEMPT, NO_CAUSE_TEXT, RunAnalysis
 from bot.watch.classifier import Classifier, load_rules
 from bot.watch.lines import LineAssembler
 from bot.watch.model import Category, Milestone, Severity, Verdict
@@ -356,3 +356,14 @@ def test_to_json_schema() -> None:
     json.dumps(data)  # serialisable as is
     empty = RunAnalysis(CLASSIFIER).to_json()
     assert empty == {"verdict": "in_progress", "cause": None, "milestones": [], "findings": [], "counts": {}}
+
+
+def test_findings_are_capped_per_attempt_but_counted_and_fatal_kept() -> None:
+    a = RunAnalysis(CLASSIFIER)
+    n = MAX_FINDINGS_PER_ATTEMPT + 50
+    for i in range(1, n + 1):
+        a.feed_line(f"ValueError: odd thing {i}", i)
+    a.feed_line("OSError: [Errno 28] No space left on device", n + 1)
+    assert len(a.findings) == MAX_FINDINGS_PER_ATTEMPT + 1 and a.findings_dropped == 50
+    assert a.counts == {"disk_full": 1, "unknown": n}
+    assert a.cause() is not None and a.cause().line == n + 1  # type: ignore[union-attr]
