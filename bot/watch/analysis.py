@@ -4,7 +4,7 @@ classification, attempts, and from those the run's verdict and cause. Pure: no I
 Attempts: the Vast provisioner re-runs a failing script (up to 3 times). A new attempt starts at a
 native ``Attempt N/M failed`` line (which also marks the current attempt failed), or when a start
 marker of a kind already seen in the current attempt appears again (a second
-``Running provisioning script``, or a second ``run.start`` event).
+``Running provisioning script``, or a ``run.start`` event with a new ``(run, att)``).
 
 Verdict (the judgement calls, in order):
 * ``failed``: the latest attempt carries a failure signal (a consequence line such as
@@ -96,6 +96,7 @@ class RunAnalysis:
         self._completed: dict[int, int] = {}  # attempt -> line where provisioning completed
         self._run_done_fail: dict[int, ProvEvent] = {}  # attempt -> run.done st=fail event
         self._degraded_signal = False
+        self._last_start: tuple[str, int] | None = None
         self._last_line = 0
 
     # -- feeding ----------------------------------------------------------------------------------
@@ -134,7 +135,10 @@ class RunAnalysis:
 
     def _feed_event(self, event: ProvEvent, text: str, lineno: int) -> LineOutcome:
         if event.ev == "run.start":
-            self._start_marker("event")
+            # The same (run, att) again is a repeated line (log snapshot overlap), not a new attempt.
+            if (event.run, event.att) != self._last_start:
+                self._last_start = (event.run, event.att)
+                self._start_marker("event")
         outcome = LineOutcome(lineno, text, self._attempt, event=event)
         finding, consequence = self._event_finding(event, text, lineno)
         if finding is not None:

@@ -240,6 +240,12 @@ def test_attempts_from_run_start_events() -> None:
     assert a.verdict() == Verdict.IN_PROGRESS  # the failed attempt was retried
 
 
+def test_repeated_run_start_line_is_not_a_new_attempt() -> None:
+    a = analyse_lines([ev("run.start", "start", 1, att=1), ev("heartbeat", "ok", 2, att=1),
+                       ev("run.start", "start", 1, att=1)])
+    assert a.attempt == 1
+
+
 def test_run_done_fail_without_cause_names_step_and_rc() -> None:
     a = analyse_lines([ev("run.start", "start", 1), ev("run.done", "fail", 2, step="models", rc=7,
                                                        why="model x: download failed")])
