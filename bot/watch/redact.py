@@ -115,9 +115,14 @@ def _prefilter(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
     return tuple(sorted(words))
 
 
-_GATED_PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...] | None]] = [
-    (pattern, replacement, _prefilter(pattern)) for _name, pattern, replacement in _PATTERNS
+# Hand-picked words where the derived ones are weak: every match of these patterns contains the word.
+_PREFILTER_OVERRIDES = {"url_userinfo": ("@",), "discord_webhook": ("discord",)}
+_GATED_PATTERNS: list[tuple[str, re.Pattern[str], str, frozenset[str] | None]] = [
+    (name, pattern, replacement,
+     frozenset(words) if (words := _PREFILTER_OVERRIDES.get(name) or _prefilter(pattern)) else None)
+    for name, pattern, replacement in _PATTERNS
 ]
+_PREFILTER_WORDS = tuple(sorted({w for *_, words in _GATED_PATTERNS if words for w in words}))
 _DISCORD_SHAPE = re.compile(r"\.[A-Za-z\d_-]{6,7}\.[A-Za-z\d_-]{27}")  # the token's middle part
 
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
@@ -219,13 +224,21 @@ class Redactor:
         return _mark(name)
 
     @staticmethod
-    def _patterns(text: str, low: str) -> str:
+    def _patterns(text: str, low: str, *, gated: bool = True) -> str:
+        """One pass of every pattern. ``gated=False`` skips all prefilters (the reference in tests)."""
         # ``low`` stays a valid prefilter while ``text`` changes: a replacement inserts a marker and
         # never joins two pieces of the original text into a new literal.
-        if "://" in text and _SIGNED_URL.search(text):
+        if (not gated or "://" in text) and _SIGNED_URL.search(text):
             text = _SIGNED_URL.sub(lambda m: _SIGNED_PARAMS.sub(r"\1" + MARK, m.group(0)), text)
-        for pattern, replacement, lits in _GATED_PATTERNS:
-            if lits is not None and not any(lit in low for lit in lits):
+        present = frozenset(w for w in _PREFILTER_WORDS if w in low)
+        for name, pattern, replacement, words in _GATED_PATTERNS:
+            if not gated:
+                pass
+            elif words is None:
+                # Only the Discord token has no word to look for; its middle part is its gate.
+                if name == "discord_token" and _DISCORD_SHAPE.search(text) is None:
+                    continue
+            elif present.isdisjoint(words):
                 continue
             text = pattern.sub(replacement, text)
         return text
