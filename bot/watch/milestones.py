@@ -124,6 +124,8 @@ _TUNNEL_PORTAL = re.compile(r"Default Tunnel started for Instance Portal \(([^)]
 _TRYCLOUDFLARE = re.compile(r"https://\w+(?:-\w+)+\.trycloudflare\.com")
 _TUNNEL_TARGET = re.compile(r"\[(https?://[^\]\s]+)\]")
 _NAMED_TUNNEL = re.compile(r"Cloudflare daemon started|Named tunnel process started")
+
+
 class MilestoneParser:
     """Stateful milestone detection over one run's lines (events and native lines)."""
 
