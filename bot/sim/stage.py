@@ -470,6 +470,7 @@ class RunResult:
     events: list[Event] = field(default_factory=list)
     preflight: Any = None  # the preflight report for this scenario's script URL, when available
     preflight_blocked: bool | None = None
+    preflight_message: str = ""  # what the rent service answered the approver when it blocked
     audit_pick: dict[str, Any] | None = None  # the offer the audit's filter would have rented
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -600,56 +601,67 @@ async def play(
     fast = isinstance(clock, FakeClock) if fast_api is None else fast_api
     wall0 = time.monotonic()
     stage = RehearsalStage(scenario, clock, workdir=workdir, logs_delay=0.0 if fast else 2.0)
-    settings = await stage.start(**(setting_overrides or {}))
-    result = RunResult(scenario, poll_interval=settings.poll_interval, workdir=stage.dir)
-    driver = ClockDriver(clock)
-    store = await Store.open(settings.database_path)
-    vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock,
-                      min_spacing=NO_SPACING if fast else dict(DEFAULT_MIN_SPACING))
-    fan = _Notifier(notifier)
-    policy = WatchPolicy.from_settings(settings)
-    engine = WatchEngine(store=store, vast=vast, clock=clock, policy=policy,
-                         redactor=Redactor(settings.secret_values()), notifier=fan)
-    try:
+    result = RunResult(scenario, poll_interval=15.0, workdir=stage.dir)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(stage.stop)
+        settings = await stage.start(**(setting_overrides or {}))
+        result.poll_interval = settings.poll_interval
+        store = await Store.open(settings.database_path)
+        stack.push_async_callback(store.close)
+        vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock,
+                          min_spacing=NO_SPACING if fast else dict(DEFAULT_MIN_SPACING))
+        stack.push_async_callback(vast.aclose)
+        engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
+                             redactor=Redactor(settings.secret_values()), notifier=_Notifier(notifier))
+        stack.push_async_callback(engine.stop)
         if on_stage is not None:
             await on_stage(stage)
-        result.preflight, result.preflight_blocked = await _preflight(settings, stage.gist.base_url)
-        service = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
-                                preflight=None)
+
+        def service(preflight: Any) -> RentalService:
+            return RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
+                                 preflight=preflight)
+
         rental = await _rent(service, stage, result)
-        if rental is None:
-            return result
-        result.rental = rental
-        await _drive(engine, store, stage, driver, result)
-        await _finish(engine, store, stage, result)
-    finally:
-        await engine.stop()
-        await vast.aclose()
-        await store.close()
-        await stage.stop()
-        result.wall_seconds = time.monotonic() - wall0
+        if rental is not None:
+            result.rental = rental
+            await _drive(engine, store, stage, ClockDriver(clock), result)
+            await _finish(engine, store, stage, result)
+    result.wall_seconds = time.monotonic() - wall0
     return result
 
 
-async def _preflight(settings: Settings, gist_api_base: str) -> tuple[Any, bool | None]:
+def _preflight_for(stage: RehearsalStage, result: RunResult) -> Any:
+    """The real preflight, aimed at the stage's gist host, keeping its report for the summary."""
     try:
-        from bot.provisioning.preflight import preflight  # type: ignore[import-not-found]
+        from bot.provisioning.preflight import preflight
     except ImportError:
-        return None, None
-    report = await preflight(settings, gist_api_base=gist_api_base)
-    return report, not bool(getattr(report, "ok", True))
+        return None
+
+    async def run(settings: Settings) -> Any:
+        report = await preflight(settings, gist_api_base=stage.gist.base_url)
+        result.preflight, result.preflight_blocked = report, not report.ok
+        return report
+
+    return run
 
 
-async def _rent(service: Any, stage: RehearsalStage, result: RunResult) -> Rental | None:
-    """Search, request the best offer, approve it as a fake approver; None if nothing was rented."""
+async def _rent(service: Callable[[Any], Any], stage: RehearsalStage, result: RunResult) -> Rental | None:
+    """Search, request the best offer, approve it as a fake approver; None if nothing was rented.
+
+    The approval runs the real preflight, as the Discord bot's does. When the preflight blocks
+    (the scenario's script URL is broken), that is recorded and the same request is approved
+    once more without it, to rehearse what the instance-side defences do.
+    """
+    from bot.rentals import DecisionResult
     from bot.vast.models import OfferQuery
 
     scenario = stage.scenario
-    offers = await service.search(service.query())
+    checked = service(_preflight_for(stage, result))
+    offers = await checked.search(checked.query())
     if scenario.baseline.price == "audit_pick":
-        audit_query = OfferQuery(**{**service.query().model_dump(),
+        audit_query = OfferQuery(**{**checked.query().model_dump(),
                                     "excluded_countries": list(scenario.baseline.audit_excluded_countries)})
-        picks = await service.vast.search_offers(audit_query)
+        picks = await checked.vast.search_offers(audit_query)
         result.audit_pick = picks[0].model_dump() if picks else None
     if not offers:
         result.notes.append("no offer matched the filters; nothing was rented")
@@ -662,9 +674,13 @@ async def _rent(service: Any, stage: RehearsalStage, result: RunResult) -> Renta
             f"offer {result.audit_pick.get('id')} in {result.audit_pick.get('geolocation')!r} at "
             f"${float(result.audit_pick.get('dph_total') or 0):.3f}/h; the bot rented {offer.id} in "
             f"{offer.geolocation!r} at ${offer.dph_total:.3f}/h")
-    rental, approval = await service.request(offer, requester_id=1001, requester_name="demo-user")
-    decision = await service.decide(approval.id, approve=True, user_id=2002, user_name="demo-approver",
+    rental, approval = await checked.request(offer, requester_id=1001, requester_name="demo-user")
+    decision = await checked.decide(approval.id, approve=True, user_id=2002, user_name="demo-approver",
                                     is_approver=True)
+    if decision.result == DecisionResult.PREFLIGHT_FAILED:
+        result.preflight_message = decision.message
+        decision = await service(None).decide(approval.id, approve=True, user_id=2002,
+                                              user_name="demo-approver", is_approver=True)
     if decision.rental is None or decision.rental.instance_id is None:
         result.notes.append(f"approval did not rent: {decision.result.value}: {decision.message}")
         return None
@@ -704,6 +720,7 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
         if now - start >= horizon:
             result.notes.append(f"stopped watching at the safety horizon ({horizon:.0f}s)")
             break
+        # As the bot's engine loop does: the next poll starts one interval after this one ended.
         await driver.wait(poll)
 
 
