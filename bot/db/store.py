@@ -164,6 +164,19 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def _switch_to_wal(db: aiosqlite.Connection, busy_timeout: float) -> list[Any]:
+    """``PRAGMA journal_mode=WAL``, retried: on a brand-new file, several processes opening at
+    once can get SQLITE_BUSY here without SQLite's busy handler being consulted."""
+    deadline = asyncio.get_running_loop().time() + busy_timeout
+    while True:
+        try:
+            return list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.02)  # real time: this waits on another process's file lock
+
+
 class Store:
     """The bot's persistent state in one SQLite file.
 
@@ -209,7 +222,7 @@ class Store:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
+            rows = await _switch_to_wal(db, busy_timeout)
             if str(rows[0][0]).lower() != "wal":
                 raise StoreError(f"could not switch {path} to WAL mode (got {rows[0][0]!r})")
             await db.execute("PRAGMA foreign_keys = ON")
