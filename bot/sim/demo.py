@@ -44,7 +44,8 @@ def _usd(value: float | None) -> str:
 
 
 class TerminalNotifier:
-    """The engine's ``Notifier`` for a terminal: one compact line per event, redacted.
+    """The engine's ``Notifier`` for a terminal: one compact line per event (a finding's advice on
+    a second, indented line), redacted.
 
     Lines are prefixed with the scenario and the simulated seconds since the instance was
     created, so concurrent rentals stay readable.
@@ -61,8 +62,11 @@ class TerminalNotifier:
     def _print(self, rental: Rental, event: Event, text: str) -> None:
         start = rental.started_at or rental.created_at
         t = event.ts - start if rental.started_at is not None else 0.0
-        text = self.redactor.redact(" ".join(text.split()) if "\n" in text else text)
-        print(f"[{self.label:<{self.width}} {t:>5.0f}s] {text}", file=self.out)
+        head, *rest = self.redactor.redact(text).split("\n")
+        prefix = f"[{self.label:<{self.width}} {t:>5.0f}s]"
+        print(f"{prefix} {head}", file=self.out)
+        for more in rest:  # e.g. a finding's advice, indented under it
+            print(f"{'':<{len(prefix)}} {more.strip()}", file=self.out)
         self.count += 1
 
     async def notify(self, rental: Rental, event: Event) -> None:
@@ -108,7 +112,7 @@ def describe_event(event: Event) -> str | None:
         line = f" line {p['line']}:" if p.get("line") else ":"
         out = f"{_MARK.get(sev, '  ')} {sev} {p.get('category')}{line} {compact(p.get('text'))}"
         if p.get("advice"):
-            out += f"\n      advice: {p['advice']}"
+            out += f"\n     advice: {p['advice']}"
         return out
     if kind == "noise_summary":
         return f"   noise: {p.get('text')}"

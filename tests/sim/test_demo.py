@@ -55,7 +55,9 @@ async def test_notifier_prints_one_prefixed_line_per_event_and_redacts() -> None
     printed = out.getvalue()
     assert printed.startswith("[disk-full") and "60s]" in printed and "line 12" in printed
     assert token not in printed
-    assert printed.count("\n") == 1 and notifier.count == 1
+    first, advice = printed.splitlines()
+    assert "civitai.com" in first
+    assert advice.strip() == "advice: check CIVITAI_TOKEN" and notifier.count == 1
 
 
 def test_event_lines_are_shown_compactly() -> None:
