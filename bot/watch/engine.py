@@ -170,6 +170,10 @@ class RentalWatch:
         # Events derived from log lines wait here and are stored together with the offset and
         # memory that produced them (one transaction), so a crash neither loses nor repeats them.
         self.buffer: list[tuple[str, dict[str, Any], float]] = []
+        # After a restart: bytes [0, replay_to) were analysed by the previous process. They are
+        # read again once, silently, to rebuild the analysis (attempts, node activity, causes);
+        # events for them were already stored, so none is emitted twice.
+        self.replay_to = 0
 
     def reached(self, milestone: Milestone) -> bool:
         return milestone.value in self.memory.milestones
@@ -245,6 +249,8 @@ class WatchEngine:
             host_key=state.host_key if state else None,
             classifier=self.classifier, redactor=self.redactor,
         )
+        if watch.log_offset > 0:
+            watch.replay_to, watch.log_offset = watch.log_offset, 0
         self.watches[rental.id] = watch
         return watch
 
@@ -334,7 +340,8 @@ class WatchEngine:
         running_since = watch.memory.milestones.get(Milestone.CONTAINER_RUNNING.value, now)
         if watch.session is None and now >= watch.next_ssh_attempt and not watch.memory.fallback_only:
             await self._connect(watch, inst, now, running_since)
-            if watch.session is not None and watch.memory.fallback_tail and watch.log_offset == 0:
+            if (watch.session is not None and watch.memory.fallback_tail and watch.log_offset == 0
+                    and not watch.replay_to):
                 # SSH is back after the container log was read: the file holds the same lines.
                 # Catch up through the container log once more and tail the file from its end,
                 # so nothing is analysed (and posted) twice.
@@ -406,8 +413,28 @@ class WatchEngine:
             watch.host_key = seen_key
         await self._milestone(watch, Milestone.SSH_READY, {"endpoint": f"{endpoint.host}:{endpoint.port}"})
 
+    async def _replay(self, watch: RentalWatch) -> None:
+        """Rebuild the analysis from the bytes the previous process already analysed (no events)."""
+        target, offset, lineno = watch.replay_to, 0, 0
+        assembler = LineAssembler()
+        while offset < target:
+            chunk = await watch.session.read_new(self.policy.log_path, offset,
+                                                 max_bytes=min(1 << 20, target - offset))
+            if chunk.missing or chunk.size < target or not chunk.data:
+                break  # the file shrank or vanished meanwhile: the normal tail reports it
+            offset = chunk.new_offset
+            for line in assembler.feed(chunk.data):
+                lineno += 1
+                watch.analysis.feed_line(line, lineno)
+        watch.replay_to = 0
+        watch.log_offset = target
+        if offset == target:
+            watch.assembler = assembler
+
     async def _tail(self, watch: RentalWatch, now: float) -> None:
         try:
+            if watch.replay_to:
+                await self._replay(watch)
             chunk = await watch.session.read_new(self.policy.log_path, watch.log_offset)
         except SshTransient as exc:
             log.info("rental %s: SSH read failed (%s); reconnecting next poll", watch.rental.id, exc)
@@ -870,7 +897,7 @@ class WatchEngine:
         endpoint = endpoint_for(watch.instance) if watch.instance is not None else None
         buffered, watch.buffer = watch.buffer, []
         # The assembler may hold a partial last line: resume from its first byte after a restart.
-        offset = max(0, watch.log_offset - watch.assembler.pending_bytes)
+        offset = watch.replay_to or max(0, watch.log_offset - watch.assembler.pending_bytes)
         async with self.store.transaction():
             for kind, payload, ts in buffered:
                 await self.store.append_event(watch.rental.id, kind=kind, payload=payload, ts=ts)
