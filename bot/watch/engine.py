@@ -29,6 +29,7 @@ from bot.watch.analysis import RunAnalysis
 from bot.watch.classifier import Classifier, load_rules
 from bot.watch.cost import CostMeter
 from bot.watch.lines import LineAssembler
+from bot.watch.milestones import MilestoneParser
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.redact import Redactor
 from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, best_alternative_log, endpoint_for
@@ -138,6 +139,9 @@ class WatchMemory:
     verdict: str = Verdict.IN_PROGRESS.value
     comfy_pending: dict[str, Any] | None = None
     rotations: int = 0
+    held: list[dict[str, Any]] = field(default_factory=list)  # tunnel/portal hits waiting for ComfyUI
+    service_offsets: dict[str, int] = field(default_factory=dict)  # per service log read after ready
+    service_polls: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -356,6 +360,8 @@ class WatchEngine:
             await self._tail(watch, now)
             if watch.memory.comfy_pending and watch.session is not None:
                 await self._confirm_comfyui(watch)
+            if watch.session is not None and watch.reached(Milestone.COMFYUI_READY):
+                await self._scan_service_logs(watch)
         elif watch.memory.fallback:
             await self._container_logs(watch, now)
 
@@ -503,26 +509,57 @@ class WatchEngine:
                 watch.memory.last_growth = now
 
     async def _lines(self, watch: RentalWatch, lines: Iterable[str]) -> bool:
-        """Analyse new lines; True if any of them is progress (for the stall clock)."""
+        """Analyse new lines; True if any of them is progress (for the stall clock).
+
+        Consecutive non-fatal findings of one category (a wheel build failing prints five error
+        lines) become one post with all their lines, not five posts on someone's phone.
+        """
         progressed = False
+        group: list[Finding] = []
         for line in lines:
             watch.memory.lineno += 1
             outcome = watch.analysis.feed_line(line, watch.memory.lineno)
             progressed = self._is_progress(watch, outcome) or progressed
+            if outcome.milestones:
+                await self._flush_group(watch, group)
             for hit in outcome.milestones:
                 await self._log_milestone(watch, hit)
-            if outcome.finding is not None:
-                finding = outcome.finding
-                if finding.category == Category.PLATFORM_NOISE:
-                    key = finding.category.value
-                    watch.memory.noise[key] = watch.memory.noise.get(key, 0) + 1
-                else:
+            finding = outcome.finding
+            if finding is not None and finding.category == Category.PLATFORM_NOISE:
+                key = finding.category.value
+                watch.memory.noise[key] = watch.memory.noise.get(key, 0) + 1
+            elif finding is not None:
+                stops = finding.stops_run or finding.severity == Severity.FATAL
+                if group and (stops or (finding.category, finding.severity) !=
+                              (group[0].category, group[0].severity)):
+                    await self._flush_group(watch, group)
+                if stops:
                     await self._finding(watch, finding)
+                else:
+                    group.append(finding)
             if watch.memory.decided:
                 break
+        await self._flush_group(watch, group)
         await self._noise_summary(watch)
         await self._update_verdict(watch)
         return progressed
+
+    async def _flush_group(self, watch: RentalWatch, group: list[Finding]) -> None:
+        if not group:
+            return
+        first, rest = group[0], group[1:]
+        group.clear()
+        if not rest:
+            await self._finding(watch, first)
+            return
+        shown = [first, *rest[:7]]
+        text = "\n".join(f.text for f in shown)
+        if len(rest) > 7:
+            text += f"\n… and {len(rest) - 7} more line(s) like these"
+        merged = Finding(first.category, first.severity, text, first.advice, line=first.line,
+                         stops_run=False, rule=first.rule)
+        await self._finding(watch, merged, extra={"lines": [f.line for f in [first, *rest]],
+                                                  "similar": len(rest)})
 
     @staticmethod
     def _is_progress(watch: RentalWatch, outcome: Any) -> bool:
@@ -547,6 +584,11 @@ class WatchEngine:
         return True
 
     async def _log_milestone(self, watch: RentalWatch, hit: MilestoneHit) -> None:
+        if hit.name in HELD_UNTIL_READY and not watch.reached(Milestone.COMFYUI_READY):
+            # A tunnel URL exists before ComfyUI answers (it shows a loading page): hold it.
+            if not any(h["name"] == hit.name.value for h in watch.memory.held):
+                watch.memory.held.append({"name": hit.name.value, "line": hit.line, **hit.detail})
+            return
         if hit.name == Milestone.COMFYUI_READY:
             # A log line alone is not readiness: confirm /system_stats over SSH first.
             if not watch.reached(Milestone.COMFYUI_READY):
@@ -579,7 +621,37 @@ class WatchEngine:
             detail = {k: v for k, v in pending.items() if k != "needs_http_check"}
             detail["confirmed"] = "GET /system_stats answered 200 with devices"
             await self._milestone(watch, Milestone.COMFYUI_READY, detail)
+            held, watch.memory.held = watch.memory.held, []
+            for item in held:
+                await self._milestone(watch, Milestone(item.pop("name")), item)
             await self._update_verdict(watch)
+
+    async def _scan_service_logs(self, watch: RentalWatch) -> None:
+        """Read the tunnel manager's log for the tunnel and portal URLs once ComfyUI answers.
+
+        Those lines come from supervisor programs, never from our script's log. Bounded: it stops
+        when both are known or after 40 polls.
+        """
+        if (watch.reached(Milestone.TUNNEL_READY) and watch.reached(Milestone.PORTAL_READY)) \
+                or watch.memory.service_polls >= 40:
+            return
+        watch.memory.service_polls += 1
+        parser = MilestoneParser()
+        for path in SERVICE_LOGS:
+            offset = watch.memory.service_offsets.get(path, 0)
+            try:
+                chunk = await watch.session.read_new(path, offset, max_bytes=256 * 1024)
+            except SshTransient:
+                await self._close_session(watch)
+                return
+            if chunk.missing:
+                continue
+            watch.memory.service_offsets[path] = chunk.new_offset - _partial(chunk.data)
+            text = chunk.data[: len(chunk.data) - _partial(chunk.data)]
+            for number, line in enumerate(LineAssembler().feed(text), start=1):
+                for hit in parser.feed(self.redactor.redact(line), number):
+                    if hit.name in HELD_UNTIL_READY:
+                        await self._milestone(watch, hit.name, {"source": path, **hit.detail})
 
     # ------------------------------------------------------------------ events
     async def _milestone(self, watch: RentalWatch, name: Milestone, detail: dict[str, Any]) -> None:
@@ -920,6 +992,15 @@ class WatchEngine:
                 await session.close()
             except Exception:  # closing a dead connection must not matter
                 log.debug("closing SSH session failed", exc_info=True)
+
+
+HELD_UNTIL_READY = frozenset({Milestone.TUNNEL_READY, Milestone.PORTAL_READY})
+SERVICE_LOGS = ("/var/log/tunnel_manager.log",)
+
+
+def _partial(data: bytes) -> int:
+    """Bytes after the last newline (a line still being written)."""
+    return len(data) - data.rfind(b"\n") - 1
 
 
 def _new_suffix(previous: list[str], current: list[str]) -> list[str]:

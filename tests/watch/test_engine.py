@@ -452,3 +452,18 @@ async def test_a_restart_mid_run_loses_no_event_and_duplicates_none(
     assert strip(crashed) == strip(uninterrupted)
     assert "nodes_installed" in milestone_names(crashed)
     assert [p["category"] for p in kinds(crashed, EV_FINDING)].count("dependency") == 2
+
+
+async def test_a_burst_of_similar_errors_is_one_post_with_every_line(rig: Rig) -> None:
+    await rig.open_engine()
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1)
+               + "  × Building wheel for insightface (pyproject.toml) did not run successfully.\n"
+               + "  ERROR: Failed building wheel for insightface\n"
+               + "ERROR: Failed to build installable wheels for some pyproject.toml based projects (insightface)\n")
+    await rig.poll()
+    findings = kinds(await rig.events(rental.id), EV_FINDING)
+    assert len(findings) == 1
+    assert findings[0]["similar"] == 2 and len(findings[0]["lines"]) == 3
+    assert "Failed building wheel" in findings[0]["text"] and "installable wheels" in findings[0]["text"]
