@@ -8,9 +8,10 @@ logs the rest. The bot holds no business rules: cogs call ``RentalService`` and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import discord
@@ -186,14 +187,31 @@ async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock
     return bot
 
 
-async def _run(settings: Settings) -> int:
+@contextlib.asynccontextmanager
+async def _vast_backend(settings: Settings, clock: Clock) -> AsyncIterator[tuple[Settings, VastClient]]:
+    """The real Vast API, or with VAST_BACKEND=sim the rehearsal stage: the simulator plus an SSH
+    server and a fake ComfyUI per rented instance playing SIM_SCENARIO in real time."""
+    if settings.is_sim:
+        from bot.sim.stage import sim_backend
+
+        log.warning("VAST_BACKEND=sim: renting from the built-in simulator (scenario %r); nothing is spent",
+                    settings.sim_scenario)
+        async with sim_backend(settings, clock, scenario=settings.sim_scenario) as pair:
+            yield pair
+        return
     from bot.backend import open_vast
+
+    async with open_vast(settings, clock) as vast:
+        yield settings, vast
+
+
+async def _run(settings: Settings) -> int:
 
     assert settings.discord_token is not None
     clock = SystemClock()
     store = await Store.open(settings.database_path)
     try:
-        async with open_vast(settings, clock) as vast:
+        async with _vast_backend(settings, clock) as (settings, vast):
             bot = await build_bot(settings, store=store, vast=vast, clock=clock)
             async with bot:
                 try:

@@ -37,6 +37,7 @@ SETTING_HELP: dict[str, str] = {
     "VAST_API_KEY": "a Vast.ai API key (console.vast.ai > Account > API Keys)",
     "VAST_API_URL": "the Vast.ai API base URL",
     "VAST_BACKEND": "'vast' for the real Vast.ai API, 'sim' for the built-in simulator (no spend)",
+    "SIM_SCENARIO": "with VAST_BACKEND=sim, the rehearsal scenario every rented instance plays (see demo --list)",
     "DATABASE_PATH": "the SQLite file holding rentals, events and approvals",
     "SSH_KEY_PATH": "the private SSH key registered on the Vast.ai account, used to read logs",
     "PROVISION_SCRIPT_URL": "the URL of the provisioning script the instances run (deploy/provision.sh)",
@@ -78,6 +79,7 @@ class Settings(BaseSettings):
     vast_api_key: SecretStr | None = None
     vast_api_url: str = "https://console.vast.ai"
     vast_backend: Literal["vast", "sim"] = "vast"
+    sim_scenario: str = "happy"
 
     # Storage and SSH
     database_path: Path = Path("data/vastops.db")
@@ -154,6 +156,16 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Z]{2}", code):
                 raise ValueError(f"{code!r} is not a two-letter country code (e.g. CN,UA)")
         return codes
+
+    @field_validator("sim_scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        from bot.sim.scenarios import scenario_names
+
+        names = scenario_names()
+        if value not in names:
+            raise ValueError(f"unknown scenario {value!r}; choose one of {', '.join(names)}")
+        return value
 
     @field_validator("provision_script_sha256")
     @classmethod

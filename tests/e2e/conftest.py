@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,14 +10,8 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-# The repo root is not on sys.path under the pytest script (the editable install only maps bot/ and cogs/);
-# drop this once pyproject sets `pythonpath = ["."]` for pytest.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.fakediscord import FakeDiscord, start_bot  # noqa: E402
-from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID  # noqa: E402
+from tests.fakediscord import FakeDiscord, start_bot
+from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 __all__ = ["start_bot"]  # re-exported for tests: `from tests.fakediscord import start_bot` works too
 
