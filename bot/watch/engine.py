@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.clock import Clock
-from bot.db.models import ApprovalKind, Event, Rental, RentalState
+from bot.db.models import ACTIVE_STATES, ApprovalKind, Event, Rental, RentalState
 from bot.db.store import Store
 from bot.durations import format_duration
 from bot.settings import Settings
@@ -36,15 +36,8 @@ from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, best_alternati
 
 log = logging.getLogger(__name__)
 
-# States in which the engine keeps an eye on a rental (it may be billing).
-WATCHED_STATES = (
-    RentalState.CREATING,
-    RentalState.PROVISIONING,
-    RentalState.READY,
-    RentalState.DEGRADED,
-    RentalState.FAILED,
-    RentalState.TEARING_DOWN,
-)
+# The engine keeps an eye on every rental that may be billing.
+WATCHED_STATES = ACTIVE_STATES
 
 # Event kinds (a contract with the notifiers: the Discord watcher and the terminal demo).
 EV_STATE = "state"
