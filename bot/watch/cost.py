@@ -18,10 +18,11 @@ class CostMeter:
             return 0.0
         return max(0.0, now - self.start) * self.dph / 3600.0
 
-    def crossed_steps(self, before: float, after: float, step: float) -> list[float]:
-        """Dollar thresholds (multiples of ``step``) passed between two cost readings."""
-        if step <= 0 or after <= before:
-            return []
-        first = math.floor(before / step) + 1
-        last = math.floor(after / step + 1e-9)
-        return [round(k * step, 6) for k in range(first, last + 1)]
+
+def crossed_steps(before: float, after: float, step: float) -> list[float]:
+    """Dollar thresholds (multiples of ``step``) passed between two cost readings."""
+    if step <= 0 or after <= before:
+        return []
+    first = math.floor(before / step) + 1
+    last = math.floor(after / step + 1e-9)
+    return [round(k * step, 6) for k in range(first, last + 1)]

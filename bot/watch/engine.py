@@ -27,7 +27,7 @@ from bot.vast.errors import VastError
 from bot.vast.models import Instance
 from bot.watch.analysis import RunAnalysis
 from bot.watch.classifier import Classifier, load_rules
-from bot.watch.cost import CostMeter
+from bot.watch.cost import CostMeter, crossed_steps
 from bot.watch.lines import LineAssembler
 from bot.watch.milestones import MilestoneParser
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
@@ -135,6 +135,7 @@ class WatchMemory:
     held: list[dict[str, Any]] = field(default_factory=list)  # tunnel/portal hits waiting for ComfyUI
     service_offsets: dict[str, int] = field(default_factory=dict)  # per service log read after ready
     service_polls: int = 0
+    last_sample: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -719,8 +720,12 @@ class WatchEngine:
         if watch.rental.dph_total != dph or watch.rental.started_at != start:
             watch.rental = await self.store.update_rental(watch.rental.id, now=now, dph_total=dph, started_at=start)
         cost = CostMeter(dph or 0.0, start).cost_at(now)
-        await self.store.add_cost_sample(watch.rental.id, ts=now, dph=dph or 0.0, cost_usd=cost)
-        for step in CostMeter(0, 0).crossed_steps(watch.memory.cost_reported, cost, self.policy.cost_step):
+        steps = crossed_steps(watch.memory.cost_reported, cost, self.policy.cost_step)
+        # A sample a minute (and at each step) is plenty for a history; not one per poll per rental.
+        if steps or watch.memory.last_sample is None or now - watch.memory.last_sample >= COST_SAMPLE_EVERY:
+            watch.memory.last_sample = now
+            await self.store.add_cost_sample(watch.rental.id, ts=now, dph=dph or 0.0, cost_usd=cost)
+        for step in steps:
             await self._emit(watch.rental, EV_COST, {"cost_usd": round(cost, 4), "step": step, "dph": dph,
                                                      "elapsed_s": round(now - start, 1)})
         watch.memory.cost_reported = max(watch.memory.cost_reported, cost)
@@ -987,6 +992,7 @@ class WatchEngine:
                 log.debug("closing SSH session failed", exc_info=True)
 
 
+COST_SAMPLE_EVERY = 60.0
 HELD_UNTIL_READY = frozenset({Milestone.TUNNEL_READY, Milestone.PORTAL_READY})
 SERVICE_LOGS = ("/var/log/tunnel_manager.log",)
 
