@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -115,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
     except ConfigError as exc:
         print("Configuration problem:", file=sys.stderr)
         for problem in exc.problems:
@@ -128,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_RUNTIME
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a runtime failure: one readable line, the traceback only with -v
         logging.getLogger("bot").debug("command failed", exc_info=True)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -95,3 +95,15 @@ def test_run_without_discord_settings_lists_them(tmp_path: Path) -> None:
     assert result.returncode == 2
     for name in ("DISCORD_TOKEN", "DISCORD_GUILD_ID", "NOTIFY_CHANNEL_ID", "APPROVER_ROLE_ID"):
         assert name in result.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env.update({"VAST_BACKEND": "sim", "DATABASE_PATH": str(tmp_path / "db.sqlite"), "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "offers", "--limit", "20"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head -0`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
