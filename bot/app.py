@@ -104,11 +104,12 @@ class VastopsBot(commands.Bot):
     async def setup_hook(self) -> None:
         from cogs.approvals import ApprovalButton
         from cogs.destroy import CancelButton, DestroyConfirmButton
+        from cogs.rent import OfferPick
         from cogs.status import OrphanDestroyButton
 
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(ApprovalButton, DestroyConfirmButton, CancelButton, OrphanDestroyButton)
+        self.add_dynamic_items(ApprovalButton, DestroyConfirmButton, CancelButton, OrphanDestroyButton, OfferPick)
         if self.sync_commands and self.settings.discord_guild_id is not None:
             guild = discord.Object(id=self.settings.discord_guild_id)
             # Guild commands show up at once (global ones can take an hour) and this bot serves one guild.
@@ -133,9 +134,13 @@ class VastopsBot(commands.Bot):
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         log.exception("unhandled error in %s", event_method)
 
-    async def report_interaction_error(self, interaction: discord.Interaction[Any],
-                                       error: BaseException) -> None:
-        """Answer the user with a short, safe message and log the details (with a reference to match them)."""
+    async def report_interaction_error(self, interaction: discord.Interaction[Any], error: BaseException, *,
+                                       replace_original: bool = False) -> None:
+        """Answer the user with a short, safe message and log the details (with a reference to match them).
+
+        ``replace_original``: the click had already turned its (private, single-purpose) message into a
+        "⏳ working…" state; the error replaces that text instead of leaving it there forever.
+        """
         ref = secrets.token_hex(3)
         text = user_message(error)
         expected = isinstance(error, app_commands.CheckFailure | app_commands.CommandNotFound
@@ -148,7 +153,14 @@ class VastopsBot(commands.Bot):
             text = f"{text} (ref `{ref}`; the details are in the bot's log)."
         from cogs.common import answer
 
-        await answer(interaction, self.render.content(text))
+        text = self.render.content(text)
+        if replace_original and interaction.response.is_done() and not interaction.is_expired():
+            try:
+                await interaction.edit_original_response(content=f"⚠️ {text}", embeds=[], view=None)
+                return
+            except discord.HTTPException:
+                log.warning("could not replace the working message of interaction %s", interaction.id)
+        await answer(interaction, text)
 
 
 def run(settings: Settings) -> int:

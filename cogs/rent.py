@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,9 +14,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.durations import format_duration
-from bot.render import SELECT_OPTION_LIMIT, Reply, money, truncate
+from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
-from cogs.common import answer, user_name
+from cogs.common import answer, user_name, vbot
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -30,7 +31,9 @@ KNOWN_GPUS: tuple[str, ...] = (
 )
 OFFERS_SHOWN = 10
 CHECK_ICON = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
-PICK_TIMEOUT = 600.0  # below the 15-minute token, so the timeout can still edit the message
+PICK_TIMEOUT = 600.0  # an older list is refused at the pick: its preflight checks are stale
+PICK_TEMPLATE = (r"vastops:pick:(?P<user>\d{1,20}):(?P<issued>\d{1,12}):(?P<gpus>\d{1,2}):(?P<disk>\d{1,5})"
+                 r":(?P<max>\d{1,7})")
 
 
 @dataclass
@@ -75,72 +78,109 @@ async def preflight_checks(bot: VastopsBot) -> list[Check]:
     return checks
 
 
-def offer_line(index: int, offer: Offer) -> str:
+def offer_line(render: Render, index: int, offer: Offer) -> str:
     vram = f"{offer.vram_gb:.0f} GB" if offer.vram_gb is not None else "? GB"
     rel = f"{offer.reliability * 100:.1f}%" if offer.reliability is not None else "?"
     down = f"↓{offer.inet_down:.0f} Mbps" if offer.inet_down is not None else "↓?"
-    where = offer.country or (offer.geolocation or "?")
-    return (f"**{index}.** {offer.gpu_name or '?'} ×{offer.num_gpus or 1} · "
+    where = render.text(offer.country or (offer.geolocation or "?"), 40)
+    return (f"**{index}.** {render.text(offer.gpu_name or '?', 60)} ×{offer.num_gpus or 1} · "
             f"**{money(offer.dph_total, 3)}/h** · {vram} · {where} · {rel} · {down}")
 
 
-def offer_option(index: int, offer: Offer) -> discord.SelectOption:
+def offer_option(render: Render, index: int, offer: Offer) -> discord.SelectOption:
+    """One select option; its value is what the pick needs after a restart: the offer id and the price shown."""
     label = f"{index}. {offer.gpu_name or '?'} ×{offer.num_gpus or 1} · {money(offer.dph_total, 3)}/h"
     desc = (f"{offer.vram_gb:.0f} GB · " if offer.vram_gb is not None else "") + \
         f"{offer.geolocation or offer.country or '?'} · offer {offer.id}"
-    return discord.SelectOption(label=truncate(label, SELECT_OPTION_LIMIT), value=str(index - 1),
-                                description=truncate(desc, SELECT_OPTION_LIMIT))
+    return discord.SelectOption(label=render.plain(label, SELECT_OPTION_LIMIT),
+                                value=f"{offer.id}:{offer.dph_total or 0:.4f}",
+                                description=render.plain(desc, SELECT_OPTION_LIMIT))
 
 
-class OfferPicker(discord.ui.View):
-    """The select menu under the offer list (ephemeral, so a plain view with a timeout is enough)."""
+def pick_custom_id(user_id: int, issued: int, num_gpus: int, disk_gb: int, max_milli: int) -> str:
+    """What the pick must know without memory: who may pick, when the list was shown, and the search's
+    GPU count, disk and $/h ceiling (in thousandths) to re-check the offer with. Never user text."""
+    return f"vastops:pick:{user_id}:{issued}:{num_gpus}:{disk_gb}:{max_milli}"
 
-    def __init__(self, bot: VastopsBot, origin: discord.Interaction[Any], offers: list[Offer],
-                 query: OfferQuery) -> None:
-        super().__init__(timeout=PICK_TIMEOUT)
-        self.bot, self.origin, self.offers, self.query = bot, origin, offers, query
-        self.select: discord.ui.Select[OfferPicker] = discord.ui.Select(
-            placeholder="Pick an offer to request", min_values=1, max_values=1,
-            options=[offer_option(i + 1, o) for i, o in enumerate(offers)],
-        )
-        self.select.callback = self.picked  # type: ignore[method-assign]
-        self.add_item(self.select)
 
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        if interaction.user.id != self.origin.user.id:
+class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TEMPLATE):
+    """The select menu under the offer list, rebuilt from its custom_id on every pick (restart-proof).
+
+    The pick re-reads the chosen offer from Vast by id and binds the request to that offer and its
+    current $/h, so a list shown before a restart (or a price change) never rents something else.
+    """
+
+    def __init__(self, user_id: int, issued: int, num_gpus: int, disk_gb: int, max_milli: int,
+                 options: list[discord.SelectOption]) -> None:
+        super().__init__(discord.ui.Select(
+            placeholder="Pick an offer to request", min_values=1, max_values=1, options=options,
+            custom_id=pick_custom_id(user_id, issued, num_gpus, disk_gb, max_milli),
+        ))
+        self.user_id, self.issued = user_id, issued
+        self.num_gpus, self.disk_gb, self.max_dph = num_gpus, disk_gb, max_milli / 1000
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> OfferPick:
+        options = list(getattr(item, "options", []))
+        return cls(int(match["user"]), int(match["issued"]), int(match["gpus"]), int(match["disk"]),
+                   int(match["max"]), options)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = vbot(interaction)
+        try:
+            await self._pick(bot, interaction)
+        except Exception as exc:  # never leave the list in its "checking…" state
+            await bot.report_interaction_error(interaction, exc, replace_original=True)
+
+    async def _pick(self, bot: VastopsBot, interaction: discord.Interaction[Any]) -> None:
+        if interaction.user.id != self.user_id:
             await answer(interaction, "Only the person who ran /rent can pick from this list.")
-            return False
-        return True
-
-    async def picked(self, interaction: discord.Interaction[Any]) -> None:
-        offer = self.offers[int(self.select.values[0])]
-        self.stop()
+            return
+        if bot.clock.now() - self.issued > PICK_TIMEOUT:
+            await interaction.response.edit_message(content="This offer list expired; run /rent again.",
+                                                    embeds=[], view=None)
+            return
+        picked = re.fullmatch(r"(\d{1,20}):(\d{1,6}(?:\.\d{1,6})?)", (self.item.values or [""])[0])
+        if picked is None:
+            await answer(interaction, "That is not an offer from this list; run /rent again.")
+            return
+        offer_id, shown_dph = int(picked[1]), float(picked[2])
         await interaction.response.edit_message(
-            content=f"⏳ Requesting offer {offer.id} ({offer.gpu_name} at {money(offer.dph_total, 3)}/h)…",
-            embeds=[], view=None)
-        rental, approval = await self.bot.rentals.request(
-            offer, requester_id=interaction.user.id, requester_name=user_name(interaction.user),
-            query=self.query)
-        approval = await self.bot.store.get_approval(approval.id) or approval
+            content=f"⏳ Checking offer {offer_id} with Vast…", embeds=[], view=None)
+        query = bot.rentals.query(num_gpus=self.num_gpus, max_dph=self.max_dph, disk_gb=self.disk_gb, limit=5)
+        query = query.model_copy(update={"offer_ids": [offer_id]})
+        offer = next((o for o in await bot.rentals.search(query) if o.id == offer_id), None)
+        if offer is None:
+            await interaction.edit_original_response(content=bot.render.content(
+                f"⚠️ Offer {offer_id} is no longer available (rented by someone else, or now above "
+                f"{money(query.max_dph, 2)}/h). Nothing was requested; run /rent again."))
+            return
+        rental, approval = await bot.rentals.request(
+            offer, requester_id=interaction.user.id, requester_name=user_name(interaction.user), query=query)
+        approval = await bot.store.get_approval(approval.id) or approval
         where = f"<#{approval.channel_id}>" if approval.channel_id else "the notify channel"
         link = ""
         if approval.message_id and interaction.guild_id:
             link = f" https://discord.com/channels/{interaction.guild_id}/{approval.channel_id}/{approval.message_id}"
-        text = (f"✅ Request #{approval.id} (rental #{rental.id}, {offer.gpu_name} ×{offer.num_gpus or 1} at "
-                f"{money(offer.dph_total, 3)}/h) is waiting for an approver in {where}.{link}\n"
-                f"It expires in {format_duration(self.bot.settings.approval_timeout)}.")
-        await interaction.edit_original_response(content=self.bot.render.content(text))
+        r = bot.render
+        changed = ""
+        if offer.dph_total is not None and abs(offer.dph_total - shown_dph) >= 0.0005:
+            changed = (f"💲 The price changed from {money(shown_dph, 3)}/h to {money(offer.dph_total, 3)}/h "
+                       "since the list was shown; the request uses the new price.\n")
+        text = (f"{changed}✅ Request #{approval.id} (rental #{rental.id}, {r.text(offer.gpu_name or '?', 60)} "
+                f"×{offer.num_gpus or 1} at {money(offer.dph_total, 3)}/h) is waiting for an approver in "
+                f"{where}.{link}\nIt expires in {format_duration(bot.settings.approval_timeout)}.")
+        await interaction.edit_original_response(content=r.content(text))
 
-    async def on_timeout(self) -> None:
-        try:
-            await self.origin.edit_original_response(content="This offer list expired; run /rent again.",
-                                                     embeds=[], view=None)
-        except discord.HTTPException:
-            pass  # the ephemeral may be gone already; nothing to tidy
 
-    async def on_error(self, interaction: discord.Interaction[Any], error: Exception,
-                       item: discord.ui.Item[Any]) -> None:
-        await self.bot.report_interaction_error(interaction, error)
+def offer_picker(bot: VastopsBot, user_id: int, offers: list[Offer], query: OfferQuery) -> discord.ui.View:
+    """The restart-proof select under the offer list (a View only to carry it; nothing is kept in memory)."""
+    max_milli = math.ceil(round((query.max_dph or 0) * 1000, 6))  # rounded up: the shown prices stay inside
+    view = discord.ui.View(timeout=None)
+    view.add_item(OfferPick(user_id, int(bot.clock.now()), query.num_gpus or 1, int(query.disk_gb), max_milli,
+                            [offer_option(bot.render, i + 1, o) for i, o in enumerate(offers)]))
+    return view
 
 
 class Rent(commands.Cog):
@@ -188,7 +228,7 @@ class Rent(commands.Cog):
             await interaction.edit_original_response(embeds=[embed])
             return
         failed = [c for c in checks if c.status == "fail"]
-        desc = filters + "\n\n" + "\n".join(offer_line(i + 1, o) for i, o in enumerate(offers))
+        desc = filters + "\n\n" + "\n".join(offer_line(r, i + 1, o) for i, o in enumerate(offers))
         embed = r.embed(title=f"{len(offers)} offer(s), cheapest first", description=desc,
                         fields=[("Preflight", check_lines, False)], colour=0x3498DB,
                         footer="Pick one below; an approver then confirms it in the notify channel.")
@@ -197,7 +237,7 @@ class Rent(commands.Cog):
             embed.set_footer(text="Fix the failed preflight checks before renting (python -m bot check).")
             await interaction.edit_original_response(embeds=[embed])
             return
-        picker = OfferPicker(bot, interaction, offers, query)
+        picker = offer_picker(bot, interaction.user.id, offers, query)
         await interaction.edit_original_response(**Reply(embeds=[embed]).edit_kwargs(), view=picker)
 
     @rent.autocomplete("gpu")

@@ -25,7 +25,7 @@ from bot.settings import Settings
 from bot.sim.scenarios import load_scenario
 from bot.sim.stage import SIM_API_KEY, RehearsalStage
 from bot.vast.client import NO_SPACING, VastClient
-from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot
+from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
 from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 REQUESTER, APPROVER, APPROVER2, OUTSIDER = 3001, 3002, 3003, 3004
@@ -112,7 +112,9 @@ async def _request_rental(s: Stack) -> tuple[StoredMessage, int]:
     assert (await inter.response())["type"] == 5
     picker = await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
     assert picker.ephemeral and "offer(s), cheapest first" in picker.text()
-    pick = await s.fake.click(picker.id, picker.custom_ids()[0], user_id=REQUESTER, values=["0"])
+    select = next(c for c in walk_components(picker.components) if c.get("type") == 3)
+    pick = await s.fake.click(picker.id, select["custom_id"], user_id=REQUESTER,
+                              values=[select["options"][0]["value"]])
     assert (await pick.response())["type"] == 7
     approval_msg = await s.fake.wait_for_message(
         NOTIFY_CHANNEL_ID, lambda m: any(c.startswith("vastops:approval:") for c in m.custom_ids()))
