@@ -107,11 +107,12 @@ async def rental_choices(bot: VastopsBot, interaction: discord.Interaction[Any],
     """The user's open rentals matching what they typed (approvers also see everyone else's)."""
     text = current.strip().lstrip("#")
     found: list[Rental] = []
-    if text.isdigit():
-        rental = await bot.store.get_rental(int(text))
+    rental_id = _rental_id(text)
+    if rental_id is not None:
+        rental = await bot.store.get_rental(rental_id)
         if rental is not None and rental.state in OPEN_STATES:
             found.append(rental)
-    needle = "" if text.isdigit() else text
+    needle = "" if text.isascii() and text.isdigit() else text
     own = await bot.store.search_rentals_for_autocomplete(interaction.user.id, needle, limit=25)
     found += [r for r in own if r.id not in {f.id for f in found}]
     if len(found) < 25 and is_approver(bot.settings.approver_role_id, interaction.user):
@@ -124,9 +125,18 @@ async def find_rental(bot: VastopsBot, text: str) -> Rental | None:
     """A rental from what the user submitted: the autocomplete value (id), ``#id`` or a label."""
     text = text.strip()
     head = text.lstrip("#").split(" ", 1)[0]
-    if head.isdigit():
-        return await bot.store.get_rental(int(head))
+    if head.isascii() and head.isdigit():
+        rental_id = _rental_id(head)
+        return await bot.store.get_rental(rental_id) if rental_id is not None else None
     return await bot.store.get_rental_by_label(text)
+
+
+def _rental_id(text: str) -> int | None:
+    """``text`` as a rental id, or None. Only ASCII digits (``"²".isdigit()`` is true, ``int("²")`` raises)
+    and only what SQLite's INTEGER holds (a bigger int raises OverflowError in the driver)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
 
 
 # ---------------------------------------------------------------- the status view of a rental

@@ -60,8 +60,8 @@ class DestroyConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templ
                 tail = f" The receipt is in <#{bot.settings.notify_channel_id}>."
             text = bot.render.content(f"{icon} {decision.message}{tail}")
             await interaction.edit_original_response(content=text)
-        except Exception as exc:
-            await bot.report_interaction_error(interaction, exc)
+        except Exception as exc:  # never leave the message in its "⏳ destroying…" state
+            await bot.report_interaction_error(interaction, exc, replace_original=True)
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_TEMPLATE):

@@ -58,8 +58,8 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
         bot = vbot(interaction)
         try:
             await self._click(bot, interaction)
-        except Exception as exc:
-            await bot.report_interaction_error(interaction, exc)
+        except Exception as exc:  # never leave the message in its "⏳ destroying…" state
+            await bot.report_interaction_error(interaction, exc, replace_original=True)
 
     async def _click(self, bot: VastopsBot, interaction: discord.Interaction[Any]) -> None:
         approver = is_approver(bot.settings.approver_role_id, interaction.user)

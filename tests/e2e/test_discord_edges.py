@@ -1,0 +1,76 @@
+"""End to end, the Discord surface at its edges: error paths that must not leave a "working…" message
+behind, odd rental arguments, /status with many rentals, the 3-second acknowledgement while deliveries
+are slow, and what the approver's push notification says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bot.db.models import RentalState
+from tests.e2e.test_vastops_bot import (
+    APPROVER,
+    REQUESTER,
+    Stack,
+    _assert_clean,
+    _original,
+    stack,
+)
+from tests.fakediscord import FakeDiscord, StoredMessage, walk_components
+from tests.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
+
+
+def _select(msg: StoredMessage) -> dict[str, Any]:
+    return next(c for c in walk_components(msg.components) if c.get("type") == 3)
+
+
+async def _picker(s: Stack, **options: Any) -> StoredMessage:
+    inter = await s.fake.slash("rent", {"num_gpus": 1, **options}, user_id=REQUESTER)
+    return await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+
+
+def _shown_offer_id(option: dict[str, Any]) -> int:
+    found = re.search(r"offer (\d+)", option.get("description") or "")
+    assert found, option
+    return int(found[1])
+
+
+async def _approval_posted(s: Stack) -> StoredMessage:
+    return await s.fake.wait_for_message(
+        NOTIFY_CHANNEL_ID, lambda m: any(c.startswith("vastops:approval:") for c in m.custom_ids()))
+
+
+# ---------------------------------------------------------------- error paths of buttons
+
+
+async def test_destroy_that_fails_replaces_the_working_message(fake_discord: FakeDiscord,
+                                                               tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        now = s.clock.now()
+        rental = await s.store.create_rental(
+            label="vastops-deadbeef", requester_id=REQUESTER, requester_name="rita", offer_id=1,
+            quoted_dph=0.4, now=now, state=RentalState.READY, started_at=now, gpu_name="RTX 4090", num_gpus=1)
+        d = await s.fake.slash("destroy", {"rental": str(rental.id)}, user_id=REQUESTER)
+        confirm = await _original(s.fake, d, lambda m: bool(m.custom_ids()))
+        button = next(c for c in confirm.custom_ids() if c.startswith("vastops:destroy:"))
+        await s.store.close()  # the database goes away between the question and the click
+        click = await s.fake.click(confirm.id, button, user_id=REQUESTER)
+        assert (await click.response())["type"] == 7
+        msg = await s.fake.wait_for_message(
+            CHANNEL_ID, lambda m: m.id == confirm.id and "database is unavailable" in m.content)
+        assert "⏳" not in msg.content and not msg.custom_ids()
+
+
+# ---------------------------------------------------------------- rental arguments
+
+
+async def test_odd_rental_arguments_are_answered(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        for typed in ("²", "9" * 30, "#" + "1" * 25):
+            choices = await s.fake.autocomplete("logs", {"rental": typed}, "rental", user_id=APPROVER, timeout=3)
+            assert choices == []
+            inter = await s.fake.slash("status", {"rental": typed}, user_id=REQUESTER)
+            shown = await _original(s.fake, inter)
+            assert shown.content.startswith("No rental"), shown.content
+        _assert_clean(s)
