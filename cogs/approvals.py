@@ -171,27 +171,40 @@ async def render_current(bot: VastopsBot, approval_id: int) -> tuple[Reply, disc
     return approval_reply(bot.render, approval, rental, now), view
 
 
+def _working_text(approval: Approval, approve: bool, name: str, withdrawing: bool) -> str:
+    if approval.kind == ApprovalKind.RENT:
+        if approve:
+            return f"{name} approved: checking the offer and renting…"
+        return f"{name} is withdrawing the request…" if withdrawing else f"{name} denied: recording it…"
+    if approve:
+        return f"{name} chose to destroy: destroying the instance…"
+    return f"{name} chose to keep it running: recording it…"
+
+
 async def handle_click(bot: VastopsBot, interaction: discord.Interaction[Any], approval_id: int,
                        approve: bool) -> None:
     """One click on an approve/deny button.
 
-    Slow clicks (an approval that will call Vast) first edit the message (type 7) to a
-    disabled "working" state within Discord's 3 s, then show the outcome by editing the original
-    response. Refusals are ephemeral, to the clicker only.
+    Clicks that will decide (approve, deny, withdraw, keep running) first edit the message (type 7)
+    to a disabled "working" state within Discord's 3 s, then show the outcome by editing the
+    original response. Refusals are ephemeral, to the clicker only.
     """
     approval = await bot.store.get_approval(approval_id)
     approver = is_approver(bot.settings.approver_role_id, interaction.user)
     name = user_name(interaction.user)
     now = bot.clock.now()
-    slow = (approve and approval is not None and approval.is_pending and approval.expires_at > now
-            and may_decide(approval, user_id=interaction.user.id, is_approver=approver,
-                           self_approve_max_price=bot.settings.self_approve_max_price) is None)
+    # Every click that will decide answers first: deciding waits for the engine's event delivery
+    # (and a teardown's "keep running" for the rental's watch lock), which can outlast Discord's 3 s.
+    withdrawing = (approval is not None and not approve and approval.kind == ApprovalKind.RENT
+                   and approval.requester_id == interaction.user.id)
+    slow = (approval is not None and approval.is_pending and approval.expires_at > now
+            and (withdrawing or may_decide(approval, user_id=interaction.user.id, is_approver=approver,
+                                           self_approve_max_price=bot.settings.self_approve_max_price) is None))
     if slow:
         assert approval is not None
         rental = await bot.store.get_rental(approval.rental_id) if approval.rental_id else None
-        working = (f"{name} approved: checking the offer and renting…" if approval.kind == ApprovalKind.RENT
-                   else f"{name} chose to destroy: destroying the instance…")
-        reply = approval_reply(bot.render, approval, rental, now, working=working)
+        reply = approval_reply(bot.render, approval, rental, now, working=_working_text(approval, approve, name,
+                                                                                          withdrawing))
         await interaction.response.edit_message(**reply.edit_kwargs(),
                                                 view=approval_view(approval, disabled=True))
 

@@ -15,6 +15,7 @@ from tests.e2e.test_vastops_bot import (
     Stack,
     _assert_clean,
     _original,
+    _request_rental,
     stack,
 )
 from tests.fakediscord import FakeDiscord, StoredMessage, walk_components
@@ -74,3 +75,36 @@ async def test_odd_rental_arguments_are_answered(fake_discord: FakeDiscord, tmp_
             shown = await _original(s.fake, inter)
             assert shown.content.startswith("No rental"), shown.content
         _assert_clean(s)
+# ---------------------------------------------------------------- the 3-second acknowledgement
+
+
+async def test_deny_is_acknowledged_while_deliveries_are_slow(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        first, first_id = await _request_rental(s)
+        # Discord answers the next notify-channel post with a 2 s rate limit; the delivery that hits it
+        # holds the engine's event pump meanwhile.
+        s.fake.interaction_ack_deadline = 1.0
+        s.fake.inject_429("POST", rf"/channels/{NOTIFY_CHANNEL_ID}/messages", retry_after=2.0)
+        picker = await _picker(s)
+        select = _select(picker)
+        pick = await s.fake.click(picker.id, select["custom_id"], user_id=REQUESTER,
+                                  values=[select["options"][1]["value"]])
+        await pick.response()
+        await s.fake.wait_for_request(lambda r: r.status == 429)
+        deny = await s.fake.click(first.id, f"vastops:approval:{first_id}:deny", user_id=APPROVER)
+        assert (await deny.response(timeout=5))["type"] == 7
+        assert not deny.rejected
+        await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == first.id and "Denied by ada" in m.text()
+                                      and not m.custom_ids())
+        second = await _approval_posted_after(s, first.id)
+        assert second.id != first.id
+        refused = [(r.path, r.status) for r in s.fake.requests if r.status >= 400 and r.status != 429]
+        assert not refused
+
+
+async def _approval_posted_after(s: Stack, first_id: int) -> StoredMessage:
+    return await s.fake.wait_for_message(
+        NOTIFY_CHANNEL_ID, lambda m: m.id != first_id and any(c.startswith("vastops:approval:")
+                                                              for c in m.custom_ids()), timeout=10)
+
+
