@@ -17,7 +17,7 @@ from discord import app_commands
 
 from bot.db.models import ACTIVE_STATES, OPEN_STATES, Rental, RentalState
 from bot.durations import format_duration
-from bot.render import CHOICE_NAME_LIMIT, Render, Reply, money, progress_bar, timestamp, truncate
+from bot.render import CHOICE_NAME_LIMIT, Render, Reply, escape, money, progress_bar, timestamp, truncate
 from bot.watch.cost import CostMeter
 from bot.watch.model import Milestone
 
@@ -201,7 +201,7 @@ def milestone_line(progress: Progress) -> str:
 
 def status_title(rental: Rental) -> str:
     badge = STATE_BADGE.get(rental.state, "•")
-    gpu = f"{rental.gpu_name or 'GPU'} ×{rental.num_gpus or 1}"
+    gpu = f"{truncate(escape(rental.gpu_name or 'GPU'), 60)} ×{rental.num_gpus or 1}"
     return f"{badge} Rental #{rental.id} · {gpu} · {rental.state.value.replace('_', ' ')}"
 
 

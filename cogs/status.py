@@ -10,8 +10,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.db.models import RentalState
-from bot.render import Reply, money
+from bot.db.models import Rental, RentalState
+from bot.durations import format_duration
+from bot.render import (
+    EMBED_FIELD_NAME_LIMIT,
+    EMBED_FIELD_VALUE_LIMIT,
+    EMBED_MAX_FIELDS,
+    EMBED_TOTAL_LIMIT,
+    Attachment,
+    Reply,
+    money,
+    truncate,
+)
 from bot.rentals import DecisionResult
 from bot.vast.errors import VastError
 from bot.vast.models import Instance
@@ -92,6 +102,40 @@ def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:
     return name, value
 
 
+def _rentals_that_fit(summary: str, orphans: list[tuple[str, str, bool]],
+                      rows: list[tuple[str, str, bool]]) -> int:
+    """How many rental fields fit after the summary and the unknown instances: within 25 fields and
+    the 6000-character total, with room kept for the "full list attached" note."""
+    used = len("vastops status") + len(summary) + 200
+    used += sum(len(truncate(n, EMBED_FIELD_NAME_LIMIT)) + len(truncate(v, EMBED_FIELD_VALUE_LIMIT))
+                for n, v, _ in orphans)
+    room = min(MAX_RENTAL_FIELDS, EMBED_MAX_FIELDS - len(orphans))
+    shown = 0
+    for name, value, _ in rows[:room]:
+        used += len(truncate(name, EMBED_FIELD_NAME_LIMIT)) + len(truncate(value, EMBED_FIELD_VALUE_LIMIT))
+        if used > EMBED_TOTAL_LIMIT:
+            break
+        shown += 1
+    return shown
+
+
+def _full_listing(bot: VastopsBot, active: list[Rental], unknown: list[Instance], now: float) -> str:
+    """Every active rental and unknown instance, one plain line each (a file: no markdown, redacted)."""
+    lines = [f"Active rentals ({len(active)})"]
+    for r in active:
+        start = r.started_at or r.created_at
+        dph = r.dph_total if r.dph_total is not None else r.quoted_dph
+        url = r.comfyui_url or r.tunnel_url
+        lines.append(f"#{r.id} {r.label} · {r.gpu_name or '?'} x{r.num_gpus or 1} · {r.state.value} · "
+                     f"up {format_duration(now - start)} · {money(dph, 3)}/h · {money(cost_to_date(r, now))} so far"
+                     f" · requested by {r.requester_name or '?'}" + (f" · {url}" if url else ""))
+    lines += ["", f"Instances on the Vast account the bot does not know, still billing ({len(unknown)})"]
+    for inst in unknown:
+        lines.append(f"instance {inst.id} · {inst.gpu_name or '?'} x{inst.num_gpus or 1} · "
+                     f"{inst.actual_status or '?'} · {money(inst.dph_total, 3)}/h · label {inst.label or '-'}")
+    return bot.render.redact("\n".join(lines) + "\n")
+
+
 class Status(commands.Cog):
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
@@ -122,15 +166,6 @@ class Status(commands.Cog):
             unknown = await bot.rentals.unknown_instances()
         except VastError as exc:
             vast_note = f"\n⚠️ Could not list the Vast account's instances: {bot.render.text(str(exc), 200)}"
-        fields: list[tuple[str, str, bool]] = []
-        for item in active[:MAX_RENTAL_FIELDS]:
-            name, value = status_summary_line(bot.render, item, await rental_progress(bot, item), now)
-            fields.append((name, value, False))
-        if len(active) > MAX_RENTAL_FIELDS:
-            fields.append(("…", f"{len(active) - MAX_RENTAL_FIELDS} more: use /status rental:<id>", False))
-        for inst in unknown[:MAX_ORPHAN_BUTTONS]:
-            name, value = orphan_line(bot, inst)
-            fields.append((name, value, False))
         rate = sum((r.dph_total or r.quoted_dph or 0.0) for r in active)
         spent = sum(cost_to_date(r, now) or 0.0 for r in active)
         summary = (f"**{len(active)}** active rental(s) · {money(rate, 3)}/h · {money(spent)} so far"
@@ -138,6 +173,17 @@ class Status(commands.Cog):
                    f"{f' · **{len(unknown)} unknown instance(s) billing**' if unknown else ''}{vast_note}")
         if not active and not unknown:
             summary += "\nNothing is running. Use /rent to start."
+        # Unknown instances first: they bill with nobody watching, and their buttons sit under this message.
+        orphans = [(*orphan_line(bot, inst), False) for inst in unknown[:MAX_ORPHAN_BUTTONS]]
+        rows = [(*status_summary_line(bot.render, item, await rental_progress(bot, item), now), False)
+                for item in active]
+        shown = _rentals_that_fit(summary, orphans, rows)
+        attachment = None
+        if shown < len(rows) or len(orphans) < len(unknown):
+            summary += (f"\n📎 Showing {shown} of {len(rows)} rental(s) and {len(orphans)} of {len(unknown)} "
+                        "unknown instance(s); the full list is attached.")
+            attachment = Attachment("status.txt", _full_listing(bot, active, unknown, now).encode())
+        fields = orphans + rows[:shown]
         embed = bot.render.embed(title="vastops status", description=summary, fields=fields,
                                  colour=0xE67E22 if unknown else 0x2ECC71)
         view: discord.ui.View | None = None
@@ -145,7 +191,7 @@ class Status(commands.Cog):
             view = discord.ui.View(timeout=None)
             for inst in unknown[:MAX_ORPHAN_BUTTONS]:
                 view.add_item(OrphanDestroyButton(inst.id))
-        kwargs = Reply(embeds=[embed]).edit_kwargs()
+        kwargs = Reply(embeds=[embed], attachment=attachment).edit_kwargs()
         if view is not None:
             kwargs["view"] = view
         await interaction.edit_original_response(**kwargs)

@@ -209,7 +209,7 @@ class ChannelNotifier:
             ("Reason", r.text(p.get("reason") or "?", 1000), False),
             ("Milestones reached", r.text(", ".join(milestones) or "none", 1000), False),
         ]
-        gpu = f"{rental.gpu_name or 'GPU'} ×{rental.num_gpus or 1}"
+        gpu = f"{r.text(rental.gpu_name or 'GPU', 60)} ×{rental.num_gpus or 1}"
         embed = r.embed(title=f"🧾 Receipt · rental #{rental.id} · {gpu}",
                         description=f"{r.inline(rental.label, 60)} · requested by "
                                     f"{r.text(rental.requester_name or '?', 80)}. "

@@ -34,3 +34,18 @@ def test_pick_custom_id_fits_at_its_extremes() -> None:
     assert len(cid) <= CUSTOM_ID_LIMIT
     match = re.fullmatch(PICK_TEMPLATE, cid)
     assert match and int(match["user"]) == 2**64 - 1 and int(match["max"]) == 9_999_999
+
+
+def test_status_title_escapes_and_cuts_the_gpu_name() -> None:
+    from bot.db.models import Rental, RentalState
+    from cogs.common import status_title
+
+    rental = Rental(**{
+        "id": 7, "label": "vastops-1", "requester_id": 1, "requester_name": "r", "offer_id": 1,
+        "machine_id": None, "host_id": None, "gpu_name": "RTX_4090 **@everyone** " + "y" * 300, "num_gpus": 2,
+        "quoted_dph": 0.4, "dph_total": None, "geolocation": None, "instance_id": None,
+        "state": RentalState.READY, "state_reason": None, "request": {}, "created_at": 0.0, "updated_at": 0.0,
+        "started_at": None, "ended_at": None, "comfyui_url": None, "tunnel_url": None,
+        "status_channel_id": None, "status_message_id": None})
+    title = status_title(rental)
+    assert "RTX\\_4090" in title and "@everyone" not in title and len(title) < 120 and title.endswith("ready")

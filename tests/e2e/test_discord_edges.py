@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.db.models import RentalState
+from bot.render import check_limits
 from tests.e2e.test_vastops_bot import (
     APPROVER,
     REQUESTER,
@@ -106,5 +107,40 @@ async def _approval_posted_after(s: Stack, first_id: int) -> StoredMessage:
     return await s.fake.wait_for_message(
         NOTIFY_CHANNEL_ID, lambda m: m.id != first_id and any(c.startswith("vastops:approval:")
                                                               for c in m.custom_ids()), timeout=10)
+
+
+# ---------------------------------------------------------------- /status at scale
+
+
+async def test_status_with_30_rentals_and_30_unknown_instances(fake_discord: FakeDiscord,
+                                                              tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        now = s.clock.now()
+        rentals = []
+        for i in range(30):
+            rentals.append(await s.store.create_rental(
+                label=f"vastops-{i:08x}", requester_id=REQUESTER, requester_name="rita " * 20, offer_id=1000 + i,
+                quoted_dph=0.5, now=now, state=RentalState.READY, started_at=now - 3600, dph_total=0.55,
+                gpu_name="NVIDIA GeForce RTX 4090 Extreme Edition " * 4, num_gpus=8,
+                comfyui_url=f"https://abc-{i}.trycloudflare.com/" + "x" * 150))
+        strays = [s.stage.sim.seed_instance(label=f"stray-{i}-" + "y" * 60, age=600) for i in range(30)]
+        inter = await s.fake.slash("status", {}, user_id=REQUESTER)
+        shown = await _original(s.fake, inter)
+        assert not check_limits(shown.payload)
+        text = shown.text()
+        assert text.index("30** active rental") < 200  # the headline comes first
+        (name, data), = shown.files.items()
+        listing = data.decode()
+        for rental in rentals:
+            assert f"#{rental.id} " in listing
+        for stray in strays:
+            assert str(stray) in listing
+        # Every destroy button names an instance that the message itself lists.
+        buttons = [c for c in shown.custom_ids() if c.startswith("vastops:orphan:")]
+        assert buttons
+        for cid in buttons:
+            assert f"Instance {cid.rsplit(':', 1)[1]}" in text
+        assert name.endswith(".txt") and "attached" in text
+        _assert_clean(s)
 
 
