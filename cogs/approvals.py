@@ -156,7 +156,16 @@ def approval_reply(render: Render, approval: Approval, rental: Rental | None, no
             fields.append(("Log line", str(line), True))
         embed = render.embed(title=f"Teardown proposed for rental #{rental.id if rental else '?'}",
                              description="\n".join(body), colour=colour, fields=fields)
-    content = f"<@&{ping_role}> an approval is needed." if ping_role and approval.is_pending else None
+    content = None
+    if ping_role and approval.is_pending:
+        # The push notification on a phone shows only this line: the decision in a glance.
+        if approval.kind == ApprovalKind.RENT:
+            ask = (f"{render.text(p.get('requester_name') or 'someone', 40)} asks to rent {gpu} at "
+                   f"**{money(p.get('quoted_dph'), 3)}/h** (request #{approval.id}).")
+        else:
+            ask = (f"destroy rental #{rental.id if rental else '?'}? "
+                   f"{render.text(p.get('reason') or '', 100)}")
+        content = render.content(f"<@&{ping_role}> {ask}", 300)
     return Reply(content=content, embeds=[embed])
 
 

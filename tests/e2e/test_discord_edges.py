@@ -20,7 +20,7 @@ from tests.e2e.test_vastops_bot import (
     stack,
 )
 from tests.fakediscord import FakeDiscord, StoredMessage, walk_components
-from tests.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
+from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 
 def _select(msg: StoredMessage) -> dict[str, Any]:
@@ -144,3 +144,27 @@ async def test_status_with_30_rentals_and_30_unknown_instances(fake_discord: Fak
         _assert_clean(s)
 
 
+
+
+# ---------------------------------------------------------------- the approver's phone
+
+
+async def test_approval_ping_says_who_what_and_how_much(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    fake_discord.add_member(5005, "**zed** @everyone")
+    async with stack(fake_discord, tmp_path) as s:
+        inter = await s.fake.slash("rent", {"num_gpus": 1}, user_id=5005)
+        picker = await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+        select = _select(picker)
+        pick = await s.fake.click(picker.id, select["custom_id"], user_id=5005,
+                                  values=[select["options"][0]["value"]])
+        assert (await pick.response())["type"] == 7
+        msg = await _approval_posted(s)
+        approval = await s.store.get_approval(int(msg.custom_ids()[0].split(":")[2]))
+        assert approval is not None
+        # What a phone's push notification shows is the content: who, what and how much, in one short line.
+        line = msg.content
+        assert "\n" not in line and len(line) <= 200
+        assert f"${approval.payload['quoted_dph']:.3f}/h" in line and str(approval.payload["gpu_name"]) in line
+        assert "\\*\\*zed\\*\\*" in line and "@everyone" not in line
+        assert msg.pings.roles == [APPROVER_ROLE_ID] and not msg.pings.everyone
+        _assert_clean(s)
