@@ -208,7 +208,7 @@ class Rent(commands.Cog):
         try:
             countries = parse_countries(excluded_countries)
         except ValueError as exc:
-            await answer(interaction, f"excluded_countries: {exc}")
+            await answer(interaction, f"excluded_countries: {bot.render.text(exc, 300)}")
             return
         query = bot.rentals.query(gpu=gpu, num_gpus=num_gpus, min_vram_gb=min_vram, max_dph=max_price,
                                   disk_gb=disk, excluded_countries=countries, limit=OFFERS_SHOWN)

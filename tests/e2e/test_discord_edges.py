@@ -168,3 +168,16 @@ async def test_approval_ping_says_who_what_and_how_much(fake_discord: FakeDiscor
         assert "\\*\\*zed\\*\\*" in line and "@everyone" not in line
         assert msg.pings.roles == [APPROVER_ROLE_ID] and not msg.pings.everyone
         _assert_clean(s)
+
+
+# ---------------------------------------------------------------- user input shown back
+
+
+async def test_bad_country_codes_are_shown_escaped(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    async with stack(fake_discord, tmp_path) as s:
+        typed = f"<@&{APPROVER_ROLE_ID}>, **x**"
+        inter = await s.fake.slash("rent", {"excluded_countries": typed}, user_id=REQUESTER)
+        shown = await _original(s.fake, inter)
+        assert shown.content.startswith("excluded_countries:") and "two-letter" in shown.content
+        assert f"<@&{APPROVER_ROLE_ID}>" not in shown.content and "\\*\\*X\\*\\*" in shown.content
+        _assert_clean(s)
