@@ -237,10 +237,10 @@ async def handle_click(bot: VastopsBot, interaction: discord.Interaction[Any], a
                 await interaction.response.edit_message(**reply.edit_kwargs(), view=view)
         if decision.result not in (DecisionResult.APPROVED, DecisionResult.DENIED):
             # Re-quoted, offer gone, lost a race...: the clicker also hears why.
-            await answer(interaction, bot.render.content(decision.message))
+            await answer(interaction, bot.render.text(decision.message, 1900))
         return
     # A refusal: only the clicker hears it.
-    await answer(interaction, bot.render.content(decision.message or "Nothing to do."))
+    await answer(interaction, bot.render.text(decision.message or "Nothing to do.", 1900))
     if current is not None and interaction.message is not None and interaction.message.components:
         reply, view = current
         if view is None:  # the message still offers buttons that can no longer work: fix it

@@ -58,7 +58,7 @@ class DestroyConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templ
             tail = ""
             if decision.result == DecisionResult.APPROVED and bot.settings.notify_channel_id:
                 tail = f" The receipt is in <#{bot.settings.notify_channel_id}>."
-            text = bot.render.content(f"{icon} {decision.message}{tail}")
+            text = bot.render.content(f"{icon} {bot.render.text(decision.message, 1800)}{tail}")
             await interaction.edit_original_response(content=text)
         except Exception as exc:  # never leave the message in its "⏳ destroying…" state
             await bot.report_interaction_error(interaction, exc, replace_original=True)

@@ -90,7 +90,7 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
             self.instance_id, user_id=interaction.user.id, user_name=user_name(interaction.user),
             is_approver=approver)
         icon = "✅" if decision.result == DecisionResult.APPROVED else "⚠️"
-        await interaction.edit_original_response(content=bot.render.content(f"{icon} {decision.message}"))
+        await interaction.edit_original_response(content=f"{icon} {bot.render.text(decision.message, 1900)}")
 
 
 def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:

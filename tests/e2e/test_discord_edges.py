@@ -4,6 +4,7 @@ are slow, and what the approver's push notification says."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -180,4 +181,19 @@ async def test_bad_country_codes_are_shown_escaped(fake_discord: FakeDiscord, tm
         shown = await _original(s.fake, inter)
         assert shown.content.startswith("excluded_countries:") and "two-letter" in shown.content
         assert f"<@&{APPROVER_ROLE_ID}>" not in shown.content and "\\*\\*X\\*\\*" in shown.content
+        _assert_clean(s)
+
+
+async def test_the_race_loser_hears_the_winner_s_name_escaped(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    fake_discord.add_member(5006, "**ann**", roles=[APPROVER_ROLE_ID])
+    fake_discord.add_member(5007, "__bob__", roles=[APPROVER_ROLE_ID])
+    async with stack(fake_discord, tmp_path) as s:
+        msg, approval_id = await _request_rental(s)
+        approve = f"vastops:approval:{approval_id}:approve"
+        a, b = await asyncio.gather(s.fake.click(msg.id, approve, user_id=5006),
+                                    s.fake.click(msg.id, approve, user_id=5007))
+        await a.response()
+        await b.response()
+        note = await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Already approved by" in m.content)
+        assert "\\*\\*ann\\*\\*" in note.content or "\\_\\_bob\\_\\_" in note.content, note.content
         _assert_clean(s)
