@@ -72,6 +72,11 @@ MAX_LABEL = 256
 Policy = Literal["idempotent", "create"]
 
 
+class VastCreateOutcomeUnknown(VastTransportError):
+    """A create reached Vast, its answer was lost and the label could not be looked up either:
+    an instance may exist and bill. Whoever rented must keep looking for the label."""
+
+
 class _StopAfterClock(stop_base):
     """Stop retrying when the next backoff would end past ``budget`` seconds of (injected) clock time."""
 
@@ -209,7 +214,8 @@ class VastClient:
         instance with this label already exists its id is returned and nothing new is rented.
         The PUT is never blindly repeated: only a 429 or a connection that never reached Vast is
         retried; after a timeout, dropped connection or 5xx the client looks for the label and
-        returns the instance it finds, or raises the original error if none appears.
+        returns the instance it finds, or raises the original error if none appears, or
+        ``VastCreateOutcomeUnknown`` if the label cannot be looked up (an instance may exist).
         """
         label = label.strip()
         if not label or len(label) > MAX_LABEL:
@@ -373,7 +379,7 @@ class VastClient:
             try:
                 instance = await self.find_by_label(label)
             except VastError as check_err:
-                raise VastTransportError(
+                raise VastCreateOutcomeUnknown(
                     f"create of offer {offer_id} had an unclear outcome ({err.message}) and looking "
                     f"for label {label!r} failed too ({check_err.message}); check the account "
                     "before renting again",
