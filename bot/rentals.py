@@ -17,10 +17,10 @@ from bot.clock import Clock
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.settings import Settings
-from bot.vast.client import VastClient
+from bot.vast.client import VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
 from bot.vast.models import Instance, Offer, OfferQuery
-from bot.watch.engine import EV_APPROVAL, EV_STATE, WatchEngine
+from bot.watch.engine import EV_APPROVAL, EV_INFO, EV_STATE, WatchEngine
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,11 @@ class RentalService:
         offer = next((o for o in current if o.id == offer_id), None)
         now = self.clock.now()
         if offer is None:
-            await self.store.decide_approval(approval.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
-                                             by_name=user_name, now=now, note="offer gone")
+            # The offer may be gone because another approver's click just rented it: only the winner
+            # of the conditional update may call the request off.
+            if not await self.store.decide_approval(approval.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
+                                                    by_name=user_name, now=now, note="offer gone"):
+                return await self._lost(approval.id)
             await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
                                                expected=[RentalState.AWAITING_APPROVAL], reason="offer gone")
             await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
@@ -230,24 +233,51 @@ class RentalService:
         from bot.provisioning.onstart import build_launch
 
         now = self.clock.now()
+        # Watched from before the PUT: if anything below fails after Vast made the instance (a lost
+        # answer, a crash, a database error), the engine finds it by its label and watches it.
+        self.engine.creating.add(rental.id)
         try:
-            launch = build_launch(self.settings, run_id=rental.label, label=rental.label)
-            created = await self.vast.create_instance(
-                offer.id, image=launch.image, disk_gb=launch.disk_gb, label=rental.label,
-                env=launch.env, onstart=launch.onstart, runtype=launch.runtype,
-            )
-        except (VastError, ValueError) as exc:
-            reason = str(exc)
-            await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED, now=now, reason=reason)
-            await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "create_failed", "reason": reason})
-            gone = isinstance(exc, VastUnavailableOffer)
-            result = DecisionResult.OFFER_GONE if gone else DecisionResult.CREATE_FAILED
-            return Decision(result, approval, rental, f"Vast did not create the instance: {reason}")
-        instance_id = created if isinstance(created, int) else created.id
-        rental = await self.store.update_rental(rental.id, now=now, instance_id=instance_id, started_at=now,
-                                                dph_total=offer.dph_total)
-        await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now,
-                                           expected=[RentalState.CREATING], reason=f"instance {instance_id}")
+            await self.engine.attach(rental)
+            try:
+                launch = build_launch(self.settings, run_id=rental.label, label=rental.label)
+                created = await self.vast.create_instance(
+                    offer.id, image=launch.image, disk_gb=launch.disk_gb, label=rental.label,
+                    env=launch.env, onstart=launch.onstart, runtype=launch.runtype,
+                )
+            except VastCreateOutcomeUnknown as exc:
+                await self.engine.emit(rental, EV_INFO, {"text": (
+                    f"Vast's answer to the create was lost ({exc}); looking for an instance labelled "
+                    f"{rental.label}: it is watched if it exists, else the rental is closed")})
+                return Decision(DecisionResult.CREATE_FAILED, approval, rental,
+                                "Vast's answer to the create was lost. The bot keeps checking the account: "
+                                "if an instance was made it is watched like any other, else nothing was rented.")
+            except (VastError, ValueError) as exc:
+                reason = str(exc)
+                await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED, now=now, reason=reason)
+                await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "create_failed",
+                                                          "reason": reason})
+                gone = isinstance(exc, VastUnavailableOffer)
+                result = DecisionResult.OFFER_GONE if gone else DecisionResult.CREATE_FAILED
+                return Decision(result, approval, rental, f"Vast did not create the instance: {reason}")
+            instance_id = created if isinstance(created, int) else created.id
+            rental = await self.store.update_rental(rental.id, now=now, instance_id=instance_id, started_at=now,
+                                                    dph_total=offer.dph_total)
+        finally:
+            self.engine.creating.discard(rental.id)
+        moved = await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now,
+                                                   expected=[RentalState.CREATING], reason=f"instance {instance_id}")
+        if not moved:
+            # Torn down (a /destroy) while Vast was creating it: the new instance bills, destroy it.
+            current = await self.store.get_rental(rental.id) or rental
+            if current.state != RentalState.TEARING_DOWN:
+                await self.store.transition_rental(rental.id, to=RentalState.TEARING_DOWN, now=now,
+                                                   reason=current.state_reason or "destroyed while being created")
+                current = await self.store.get_rental(rental.id) or current
+            await self.engine.destroy(rental.id, reason=current.state_reason or "destroyed while being created",
+                                      by="rent service")
+            return Decision(DecisionResult.CREATE_FAILED, approval, current,
+                            f"Instance {instance_id} was destroyed as soon as Vast created it: "
+                            "the rental was torn down meanwhile.")
         rental = await self.store.get_rental(rental.id) or rental
         await self.engine.attach(rental)
         await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "provisioning",
@@ -288,10 +318,11 @@ class RentalService:
                             RentalState.CREATE_FAILED):
             return Decision(DecisionResult.ALREADY_DECIDED, rental=rental,
                             message=f"Rental #{rental.id} is already {rental.state.value}.")
-        if rental.state == RentalState.AWAITING_APPROVAL:
+        # Conditional: an approval may have moved it to creating a moment ago (then it is destroyed below).
+        if rental.state == RentalState.AWAITING_APPROVAL and await self.store.transition_rental(
+                rental.id, to=RentalState.DENIED, now=self.clock.now(), expected=[RentalState.AWAITING_APPROVAL],
+                reason=f"withdrawn by {user_name}"):
             now = self.clock.now()
-            await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=now,
-                                               reason=f"withdrawn by {user_name}")
             # Cancel the open request too, so its buttons stop offering an approval of nothing.
             for pending in await self.store.pending_approvals(rental_id=rental.id):
                 if await self.store.decide_approval(pending.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
@@ -299,6 +330,10 @@ class RentalService:
                     await self.engine.emit(rental, EV_APPROVAL, {"approval_id": pending.id, "kind": pending.kind.value,
                                                                  "status": "cancelled", "by": user_name})
             return Decision(DecisionResult.DENIED, rental=rental, message="Request withdrawn; nothing was rented.")
+        rental = await self.store.get_rental(rental.id) or rental
+        if rental.is_terminal:
+            return Decision(DecisionResult.ALREADY_DECIDED, rental=rental,
+                            message=f"Rental #{rental.id} is already {rental.state.value}.")
         text = reason or f"destroyed by {user_name}"
         ok = await self.engine.destroy(rental.id, reason=text, by=user_name)
         rental = await self.store.get_rental(rental.id) or rental

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.clock import Clock
-from bot.db.models import ACTIVE_STATES, ApprovalKind, Event, Rental, RentalState
+from bot.db.models import ACTIVE_STATES, Approval, ApprovalKind, Event, Rental, RentalState
 from bot.db.store import Store
 from bot.durations import format_duration
 from bot.settings import Settings
@@ -87,6 +87,9 @@ class WatchPolicy:
     ssh_key_path: Path | None = None
     connect_timeout: float = 10.0
     log_missing_grace: float | None = None  # default: two polls
+    # How long a rental left in creating without an instance id (a crash or a lost answer) is
+    # looked for by its label before it is called create_failed; Vast's list may lag a create.
+    create_reconcile_grace: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WatchPolicy:
@@ -128,7 +131,8 @@ class WatchMemory:
     fallback_tail: list[str] = field(default_factory=list)
     cost_reported: float = 0.0
     decided: str | None = None  # reason of the teardown decision, once taken
-    declined: list[str] = field(default_factory=list)  # teardown reasons a human declined
+    decided_key: str | None = None  # the rule behind it (what a human declines)
+    declined: list[str] = field(default_factory=list)  # teardown rules a human declined
     verdict: str = Verdict.IN_PROGRESS.value
     comfy_pending: dict[str, Any] | None = None
     rotations: int = 0
@@ -136,6 +140,10 @@ class WatchMemory:
     service_offsets: dict[str, int] = field(default_factory=dict)  # per service log read after ready
     service_polls: int = 0
     last_sample: float | None = None
+    label_missing_since: float | None = None  # creating, no instance id, none carries the label
+    rate_seen: float | None = None  # the $/h Vast last reported for the instance
+    rate_since: float | None = None  # when it last changed (None: the whole run at one rate)
+    cost_base: float = 0.0  # dollars billed before ``rate_since``
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,6 +180,9 @@ class RentalWatch:
         # read again once, silently, to rebuild the analysis (attempts, node activity, causes);
         # events for them were already stored, so none is emitted twice.
         self.replay_to = 0
+        # When this process last actually read the log (file or container log). The stall clock
+        # only runs up to there: a run nobody could look at (the bot down, SSH refused) is not stalled.
+        self.last_read: float | None = None
 
     def reached(self, milestone: Milestone) -> bool:
         return milestone.value in self.memory.milestones
@@ -208,6 +219,9 @@ class WatchEngine:
         self._task: asyncio.Task[None] | None = None
         self._pump_lock = asyncio.Lock()
         self.on_destroyed: list[Callable[[Rental], Awaitable[None]]] = []
+        # Rentals whose create call is in flight in this process (the rent service keeps this):
+        # their instance id is not known yet, and their label must not be taken for missing.
+        self.creating: set[int] = set()
         self.ticks = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -299,10 +313,19 @@ class WatchEngine:
         watch.rental = rental
         now = self.clock.now()
         if rental.instance_id is None:
-            return  # create still in flight; the rent service attaches again once it has an id
+            if not await self._find_by_label(watch, instances, listed, now):
+                return
+            rental = watch.rental
+            assert rental.instance_id is not None
         inst = instances.get(rental.instance_id)
         if inst is None and listed:
-            inst = await self._get_instance(rental.instance_id)
+            try:
+                inst = await self.vast.get_instance(rental.instance_id)
+            except VastError as exc:
+                # Not being able to ask is not an answer: only Vast saying "no such instance" is.
+                log.warning("rental %s: instance %s missing from the list and its look-up failed: %s",
+                            rental.id, rental.instance_id, exc)
+                return
             if inst is None:
                 await self._gone(watch, now)
                 return
@@ -332,6 +355,41 @@ class WatchEngine:
             ))
         if not watch.memory.decided:
             await self._deadlines(watch, now)
+
+    async def _find_by_label(self, watch: RentalWatch, instances: dict[int, Instance], listed: bool,
+                             now: float) -> bool:
+        """A rental without an instance id (a crash or a lost answer during the create): look for
+        the instance carrying its label, which bills whether or not the database knows its id.
+
+        True once the instance is adopted (the step goes on with it).
+        """
+        rental = watch.rental
+        if rental.id in self.creating:
+            return False  # the rent service is still waiting for Vast's answer
+        if rental.state == RentalState.TEARING_DOWN:
+            await self._destroy(watch, reason=rental.state_reason or "teardown", by="engine (retry)")
+            return False
+        if not listed:
+            return False
+        found = next((i for i in instances.values() if i.label == rental.label), None)
+        if found is None:
+            if watch.memory.label_missing_since is None:
+                watch.memory.label_missing_since = now
+            elif now - watch.memory.label_missing_since >= self.policy.create_reconcile_grace:
+                await self._transition(watch, RentalState.CREATE_FAILED, reason=(
+                    f"no instance carries the label {rental.label} "
+                    f"{format_duration(now - watch.memory.label_missing_since)} after the create; nothing was rented"))
+            return False
+        watch.memory.label_missing_since = None
+        log.warning("rental %s: instance %s found by its label %s; watching it", rental.id, found.id, rental.label)
+        watch.rental = await self.store.update_rental(
+            rental.id, now=now, instance_id=found.id, started_at=found.start_date or rental.started_at or now,
+            dph_total=found.dph_total if found.dph_total is not None else rental.quoted_dph,
+        )
+        if rental.state == RentalState.CREATING:
+            await self._transition(watch, RentalState.PROVISIONING,
+                                   reason=f"instance {found.id} found by its label {rental.label}")
+        return True
 
     # ------------------------------------------------------------------ collection
     async def _collect(self, watch: RentalWatch, inst: Instance, now: float) -> None:
@@ -457,6 +515,7 @@ class WatchEngine:
         if chunk.data:
             if await self._lines(watch, watch.assembler.feed(chunk.data)):
                 watch.memory.last_growth = now
+        watch.last_read = now
 
     async def _log_missing(self, watch: RentalWatch, now: float) -> None:
         if watch.memory.log_missing_since is None:
@@ -501,6 +560,7 @@ class WatchEngine:
         if new:
             if await self._lines(watch, new):
                 watch.memory.last_growth = now
+        watch.last_read = now
 
     async def _lines(self, watch: RentalWatch, lines: Iterable[str]) -> bool:
         """Analyse new lines; True if any of them is progress (for the stall clock).
@@ -676,7 +736,8 @@ class WatchEngine:
         await self._emit(watch.rental, EV_FINDING, payload)
         if finding.stops_run or finding.severity == Severity.FATAL:
             cause = watch.analysis.cause() if finding.rule and not finding.rule.startswith("engine.") else None
-            await self._decide(watch, reason=finding.category.value, finding=cause or finding)
+            await self._decide(watch, reason=finding.category.value, finding=cause or finding,
+                               key=finding.rule or finding.category.value)
 
     async def _noise_summary(self, watch: RentalWatch) -> None:
         total = sum(watch.memory.noise.values())
@@ -715,11 +776,18 @@ class WatchEngine:
         return Verdict.DEGRADED if degrading else Verdict.READY
 
     async def _cost(self, watch: RentalWatch, inst: Instance, now: float) -> None:
-        dph = inst.dph_total if inst.dph_total is not None else watch.rental.quoted_dph
+        m = watch.memory
+        dph = inst.dph_total if inst.dph_total is not None else (
+            m.rate_seen if m.rate_seen is not None else watch.rental.quoted_dph)
+        if m.rate_seen is not None and dph is not None and dph != m.rate_seen:
+            # A new rate bills from now on; what ran so far stays at the rate it ran at.
+            m.cost_base, m.rate_since = self._cost_now(watch, now), now
+        if dph is not None:
+            m.rate_seen = dph
         start = inst.start_date or watch.rental.started_at or watch.rental.created_at
         if watch.rental.dph_total != dph or watch.rental.started_at != start:
             watch.rental = await self.store.update_rental(watch.rental.id, now=now, dph_total=dph, started_at=start)
-        cost = CostMeter(dph or 0.0, start).cost_at(now)
+        cost = self._cost_now(watch, now)
         steps = crossed_steps(watch.memory.cost_reported, cost, self.policy.cost_step)
         # A sample a minute (and at each step) is plenty for a history; not one per poll per rental.
         if steps or watch.memory.last_sample is None or now - watch.memory.last_sample >= COST_SAMPLE_EVERY:
@@ -729,7 +797,8 @@ class WatchEngine:
             await self._emit(watch.rental, EV_COST, {"cost_usd": round(cost, 4), "step": step, "dph": dph,
                                                      "elapsed_s": round(now - start, 1)})
         watch.memory.cost_reported = max(watch.memory.cost_reported, cost)
-        if cost >= self.policy.rental_dollar_cap and not watch.memory.decided:
+        if (cost >= self.policy.rental_dollar_cap and not watch.memory.decided
+                and "engine.dollar_cap" not in watch.memory.declined):
             await self._finding(watch, Finding(
                 Category.STALLED, Severity.FATAL,
                 f"cost ${cost:.2f} reached the per-rental cap of ${self.policy.rental_dollar_cap:.2f}",
@@ -739,7 +808,11 @@ class WatchEngine:
 
     def _cost_now(self, watch: RentalWatch, now: float) -> float:
         rental = watch.rental
+        if rental.instance_id is None:
+            return 0.0  # nothing was rented: the time spent waiting for approval or a create is free
         dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
+        if watch.memory.rate_since is not None:
+            return watch.memory.cost_base + CostMeter(dph or 0.0, watch.memory.rate_since).cost_at(now)
         return CostMeter(dph or 0.0, rental.started_at or rental.created_at).cost_at(now)
 
     async def _deadlines(self, watch: RentalWatch, now: float) -> None:
@@ -767,13 +840,14 @@ class WatchEngine:
         checks.append((now - created >= p.provision_deadline and Milestone.PROVISIONING_COMPLETE.value not in m,
                        "provision_deadline",
                        f"provisioning is not complete after {format_duration(now - created)}"))
-        last = watch.memory.last_growth
-        if (last is not None and started is not None and Milestone.PROVISIONING_COMPLETE.value not in m
-                and now - last >= p.stall_timeout):
+        last, seen = watch.memory.last_growth, watch.last_read
+        if (last is not None and seen is not None and started is not None
+                and Milestone.PROVISIONING_COMPLETE.value not in m and seen - last >= p.stall_timeout):
             checks.append((True, "stalled",
-                           f"the provisioning log has shown no progress for {format_duration(now - last)}"))
+                           f"the provisioning log has shown no progress for {format_duration(seen - last)}"))
         for missed, name, text in checks:
-            if missed:
+            # A declined deadline stays missed: say it once (when proposed), not at every poll.
+            if missed and f"engine.deadline.{name}" not in watch.memory.declined:
                 category = Category.SSH_UNREACHABLE if name == "ssh_ready" else Category.STALLED
                 await self._finding(watch, Finding(
                     category, Severity.FATAL, text,
@@ -783,10 +857,14 @@ class WatchEngine:
                 return
 
     # ------------------------------------------------------------------ decisions
-    async def _decide(self, watch: RentalWatch, *, reason: str, finding: Finding) -> None:
-        if watch.memory.decided or reason in watch.memory.declined:
+    async def _decide(self, watch: RentalWatch, *, reason: str, finding: Finding, key: str | None = None) -> None:
+        # A human declines one rule (a slow download is not a stall), not the whole category:
+        # the dollar cap and the other deadlines share the "stalled" category and must stay on.
+        key = key or reason
+        if watch.memory.decided or key in watch.memory.declined:
             return
         watch.memory.decided = reason
+        watch.memory.decided_key = key
         now = self.clock.now()
         action = "destroy" if self.policy.teardown_policy == "destroy" else "propose"
         evidence = {"category": finding.category.value, "severity": finding.severity.value,
@@ -816,8 +894,8 @@ class WatchEngine:
             return
         async with watch.lock:
             if watch.memory.decided:
-                watch.memory.declined.append(watch.memory.decided)
-                watch.memory.decided = None
+                watch.memory.declined.append(watch.memory.decided_key or watch.memory.decided)
+                watch.memory.decided = watch.memory.decided_key = None
             await self._emit(watch.rental, EV_INFO, {"text": f"teardown declined by {by}; still watching"})
             await self._save(watch)
 
@@ -843,12 +921,33 @@ class WatchEngine:
             return True
         if rental.state != RentalState.TEARING_DOWN:
             await self._transition(watch, RentalState.TEARING_DOWN, reason=reason)
-        gone = True
-        if rental.instance_id is not None:
+            rental = watch.rental
+        if rental.instance_id is None and rental.id in self.creating:
+            # The rent service destroys the instance as soon as Vast answers the create.
+            await self._emit(rental, EV_INFO, {"text": "the instance is still being created; "
+                                                       "it will be destroyed as soon as Vast answers"})
+            return False
+        instance_id = rental.instance_id
+        if instance_id is None:
+            # No id recorded does not mean nothing was rented: ask Vast for the rental's label.
             try:
-                gone = await self.vast.destroy_instance(rental.instance_id)
+                found = await self.vast.find_by_label(rental.label)
             except VastError as exc:
-                log.warning("destroy of instance %s failed: %s (retrying next poll)", rental.instance_id, exc)
+                await self._emit(rental, EV_INFO, {"text": f"could not look for the instance yet ({exc}); retrying"})
+                return False
+            if found is not None:
+                instance_id = found.id
+                watch.rental = rental = await self.store.update_rental(
+                    rental.id, now=self.clock.now(), instance_id=found.id,
+                    started_at=found.start_date or rental.started_at or self.clock.now(),
+                    dph_total=found.dph_total if found.dph_total is not None else rental.quoted_dph,
+                )
+        gone = True
+        if instance_id is not None:
+            try:
+                gone = await self.vast.destroy_instance(instance_id)
+            except VastError as exc:
+                log.warning("destroy of instance %s failed: %s (retrying next poll)", instance_id, exc)
                 await self._emit(rental, EV_INFO, {"text": f"destroy not confirmed yet ({exc}); retrying"})
                 return False
         if not gone:
@@ -885,27 +984,37 @@ class WatchEngine:
         await self._close_session(watch)
         self.watches.pop(rental.id, None)
         for hook in self.on_destroyed:
-            await hook(rental)
+            try:
+                await hook(rental)
+            except Exception:  # a consumer's failure must not stop the engine's own work
+                log.exception("on_destroyed hook failed for rental %s", rental.id)
 
     async def _expire_approvals(self) -> None:
         now = self.clock.now()
         for approval in await self.store.expire_due_approvals(now):
-            if approval.rental_id is None:
-                continue
-            rental = await self.store.get_rental(approval.rental_id)
-            if rental is None:
-                continue
-            await self._emit(rental, EV_APPROVAL, {
-                "approval_id": approval.id, "kind": approval.kind.value, "status": "expired",
-                "default_action": approval.default_action,
-            })
-            if approval.kind == ApprovalKind.TEARDOWN and approval.default_action == "destroy":
-                await self.destroy(rental.id, reason=f"{approval.payload.get('reason', 'teardown')} "
-                                   "(nobody answered the proposal)", by="default action on expiry")
-            elif approval.kind == ApprovalKind.RENT:
-                await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
-                                                   expected=[RentalState.AWAITING_APPROVAL],
-                                                   reason="approval expired")
+            # They are marked expired already: one failing must not cost the others their default action.
+            try:
+                await self._expired(approval, now)
+            except Exception:
+                log.exception("the default action of approval %s failed", approval.id)
+
+    async def _expired(self, approval: Approval, now: float) -> None:
+        if approval.rental_id is None:
+            return
+        rental = await self.store.get_rental(approval.rental_id)
+        if rental is None:
+            return
+        await self._emit(rental, EV_APPROVAL, {
+            "approval_id": approval.id, "kind": approval.kind.value, "status": "expired",
+            "default_action": approval.default_action,
+        })
+        if approval.kind == ApprovalKind.TEARDOWN and approval.default_action == "destroy":
+            await self.destroy(rental.id, reason=f"{approval.payload.get('reason', 'teardown')} "
+                               "(nobody answered the proposal)", by="default action on expiry")
+        elif approval.kind == ApprovalKind.RENT:
+            await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
+                                               expected=[RentalState.AWAITING_APPROVAL],
+                                               reason="approval expired")
 
     # ------------------------------------------------------------------ plumbing
     async def _transition(self, watch: RentalWatch, to: RentalState, *, reason: str) -> None:
@@ -976,12 +1085,6 @@ class WatchEngine:
                 host_key=watch.host_key, ssh_endpoint=f"{endpoint.host}:{endpoint.port}" if endpoint else None,
                 data=watch.memory.to_json(), now=self.clock.now(),
             )
-
-    async def _get_instance(self, instance_id: int) -> Instance | None:
-        try:
-            return await self.vast.get_instance(instance_id)
-        except VastError:
-            return None
 
     async def _close_session(self, watch: RentalWatch) -> None:
         session, watch.session = watch.session, None

@@ -1,0 +1,164 @@
+"""The money path of RentalService: what happens when a create's outcome is unclear, when a destroy
+arrives while Vast is still creating, and when a competing click rents the offer. A real SQLite
+store, the Vast simulator on loopback and a FakeClock; no Discord."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.clock import FakeClock
+from bot.db.models import Approval, RentalState
+from bot.db.store import Store
+from bot.rentals import Decision, DecisionResult, RentalService
+from bot.sim.api import VastSim
+from bot.sim.stage import StageSettings
+from bot.vast.client import NO_SPACING, VastClient
+from bot.watch.engine import EV_APPROVAL, EV_RECEIPT, WatchEngine, WatchPolicy
+
+REQUESTER, APPROVER, OTHER = 1001, 2002, 3003
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    sim: VastSim
+    store: Store
+    engine: WatchEngine
+    service: RentalService
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    clock = FakeClock()
+    sim = VastSim(clock, api_key="k", logs_delay=0.0)
+    base = await sim.start()
+    settings = StageSettings(vast_backend="sim", database_path=tmp_path / "db.sqlite",
+                             provision_script_url="https://example.org/provision.sh", approval_timeout=600,
+                             self_approve_max_price=0.5, max_price_per_hour=5.0)
+    store = await Store.open(settings.database_path)
+    # One reconcile check: the client's spaced re-checks would sleep on the FakeClock.
+    vast = VastClient(base, "k", clock=clock, min_spacing=NO_SPACING, reconcile_checks=1)
+    engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings))
+    service = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine)
+    try:
+        yield World(clock, sim, store, engine, service)
+    finally:
+        await engine.stop()
+        await vast.aclose()
+        await store.close()
+        await sim.stop()
+
+
+async def _request(world: World) -> Approval:
+    offers = await world.service.search(world.service.query())
+    assert offers
+    _, approval = await world.service.request(offers[0], requester_id=REQUESTER, requester_name="req")
+    return approval
+
+
+async def _approve(world: World, approval: Approval, user_id: int = APPROVER, name: str = "alice") -> Decision:
+    return await world.service.decide(approval.id, approve=True, user_id=user_id, user_name=name,
+                                      is_approver=True)
+
+
+async def test_a_create_whose_answer_and_label_check_are_lost_is_still_watched(world: World) -> None:
+    """Vast made the instance, the answer was dropped and the label check failed too: the rental
+    must not be written off as create_failed (terminal, unwatched) while the instance bills."""
+    approval = await _request(world)
+    world.sim.inject_fault("PUT", "/api/v0/asks/*", "drop_after_apply")
+
+    def on_create(row: dict[str, Any]) -> None:
+        # The list the client uses to look for the label fails right after the lost answer.
+        world.sim.inject_fault("GET", "/api/v1/instances/", "500")
+
+    world.sim.on_create = on_create
+    decision = await _approve(world, approval)
+    assert decision.result == DecisionResult.CREATE_FAILED
+    [instance_id] = list(world.sim.instances)
+    rental = await world.store.get_rental(approval.rental_id or 0)
+    assert rental is not None and rental.state == RentalState.CREATING
+    # The engine finds the instance by its label on its next poll and watches it from then on.
+    await world.engine.tick()
+    rental = await world.store.get_rental(rental.id)
+    assert rental is not None and rental.instance_id == instance_id
+    assert rental.state == RentalState.PROVISIONING and rental.id in world.engine.watches
+    assert rental.started_at is not None
+
+
+async def test_a_create_that_clearly_rented_nothing_is_reported_at_once(world: World) -> None:
+    approval = await _request(world)
+    world.sim.inject_fault("GET", "/api/v1/instances/", "500")  # the label pre-check before the PUT
+    decision = await _approve(world, approval)
+    assert decision.result == DecisionResult.CREATE_FAILED and not world.sim.instances
+    rental = await world.store.get_rental(approval.rental_id or 0)
+    # The label pre-check failed, so the PUT was never sent: nothing can exist.
+    assert rental is not None and rental.state == RentalState.CREATE_FAILED
+
+
+async def test_a_destroy_while_vast_is_creating_destroys_the_new_instance(world: World) -> None:
+    approval = await _request(world)
+    during: list[Decision] = []
+
+    async def on_create(row: dict[str, Any]) -> None:
+        # The requester presses /destroy while the create is in flight (Vast has made the instance).
+        during.append(await world.service.destroy(approval.rental_id or 0, user_id=REQUESTER, user_name="req",
+                                                  is_approver=False, reason="changed my mind"))
+
+    world.sim.on_create = on_create
+    await _approve(world, approval)
+    assert len(during) == 1 and during[0].result != DecisionResult.APPROVED  # not "destroyed" yet
+    assert not world.sim.instances, "the instance created under a destroyed rental is still billing"
+    rental = await world.store.get_rental(approval.rental_id or 0)
+    assert rental is not None and rental.state == RentalState.DESTROYED
+    assert rental.instance_id is not None and rental.instance_id in world.sim.destroyed
+    receipts = await world.store.events_for(rental.id, kinds=[EV_RECEIPT])
+    assert len(receipts) == 1
+
+
+class GatedSearch(httpx.AsyncBaseTransport):
+    """Loopback HTTP whose offer searches after the first wait for ``release``: a slow network for one
+    approver's re-check, so it lands after the other approver's create."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.release = asyncio.Event()
+        self.searches = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v0/bundles/":
+            self.searches += 1
+            if self.searches > 1:
+                await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_click_that_lost_to_a_rent_is_not_told_the_offer_is_gone(world: World) -> None:
+    approval = await _request(world)
+    gate = GatedSearch()
+    assert world.sim.base_url is not None
+    vast = VastClient(world.sim.base_url, "k", clock=world.clock, min_spacing=NO_SPACING, transport=gate)
+    service = RentalService(store=world.store, vast=vast, clock=world.clock, settings=world.service.settings,
+                            engine=world.engine)
+    world.sim.on_create = lambda row: gate.release.set()
+    try:
+        results = await asyncio.gather(
+            service.decide(approval.id, approve=True, user_id=APPROVER, user_name="alice", is_approver=True),
+            service.decide(approval.id, approve=True, user_id=OTHER, user_name="bob", is_approver=True),
+        )
+    finally:
+        await vast.aclose()
+    assert len(world.sim.instances) == 1
+    assert sorted(r.result for r in results) == sorted([DecisionResult.APPROVED, DecisionResult.ALREADY_DECIDED]), \
+        [r.message for r in results]
+    events = await world.store.events_for(approval.rental_id or 0, kinds=[EV_APPROVAL])
+    assert "offer_gone" not in [e.payload["status"] for e in events]
