@@ -90,6 +90,8 @@ class WatchPolicy:
     # How long a rental left in creating without an instance id (a crash or a lost answer) is
     # looked for by its label before it is called create_failed; Vast's list may lag a create.
     create_reconcile_grace: float = 300.0
+    # How long an instance may show offline/unknown (host out of touch) before it is given up.
+    host_lost_grace: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WatchPolicy:
@@ -144,6 +146,7 @@ class WatchMemory:
     rate_seen: float | None = None  # the $/h Vast last reported for the instance
     rate_since: float | None = None  # when it last changed (None: the whole run at one rate)
     cost_base: float = 0.0  # dollars billed before ``rate_since``
+    host_lost_since: float | None = None  # first poll of an offline/unknown status in a row
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -343,16 +346,24 @@ class WatchEngine:
 
         status = (inst.actual_status or "").lower()
         await self._milestone(watch, Milestone.INSTANCE_CREATED, {"instance_id": inst.id})
+        if status not in ("offline", "unknown"):
+            watch.memory.host_lost_since = None
         if status == "running":
             await self._milestone(watch, Milestone.CONTAINER_RUNNING, {"status_msg": inst.status_msg})
             await self._collect(watch, inst, now)
         elif status in ("exited", "offline", "unknown") and watch.reached(Milestone.CONTAINER_RUNNING):
-            await self._finding(watch, Finding(
+            # A missed host heartbeat (unknown) or a host reconnecting (offline, billed nothing) is
+            # often over by the next poll: only an exited container is conclusive at once.
+            if status != "exited" and watch.memory.host_lost_since is None:
+                watch.memory.host_lost_since = now
+            lost = watch.memory.host_lost_since
+            if lost is None or now - lost >= self.policy.host_lost_grace:
+                await self._finding(watch, Finding(
                 Category.CONFIG, Severity.FATAL,
-                f"instance status is {status!r}: {inst.status_msg or 'no message'}",
-                "The container stopped. Destroy it and rent again (another host if it repeats).",
-                stops_run=True, rule="engine.container_stopped",
-            ))
+                    f"instance status is {status!r}: {inst.status_msg or 'no message'}",
+                    "The container stopped. Destroy it and rent again (another host if it repeats).",
+                    stops_run=True, rule="engine.container_stopped",
+                ))
         if not watch.memory.decided:
             await self._deadlines(watch, now)
 

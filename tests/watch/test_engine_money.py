@@ -257,3 +257,51 @@ async def test_a_rate_change_is_billed_from_when_it_was_seen_not_over_the_whole_
     # Within one poll of the change (it is seen at the next poll), not ten times the first ten minutes.
     assert expected - first_rate * 10 * POLL / 3600 - 1e-6 <= receipt["cost_usd"] <= expected + 1e-6
     assert receipt["dph"] == first_rate * 10
+
+
+async def test_a_proposal_that_expires_while_the_bot_is_down_runs_its_default_action_after_restart(rig: Rig) -> None:
+    await rig.open_engine(teardown_policy="propose", proposal_timeout=600.0)
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1) + "OSError: [Errno 28] No space left on device\n")
+    await rig.poll()
+    assert kinds(await rig.events(rental.id), EV_PROPOSAL)
+    await rig.close_engine()
+    await rig.clock.advance(3600)  # a night with the bot down: nobody answers
+    await rig.open_engine(teardown_policy="propose", proposal_timeout=600.0)
+    await rig.poll()
+    assert iid not in rig.sim.instances
+    [receipt] = kinds(await rig.events(rental.id), EV_RECEIPT)
+    assert "nobody answered" in receipt["reason"]
+
+
+async def _ready(rig: Rig) -> tuple[Rental, int]:
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1) + ev("run.done", seq=2, rc=0))
+    rig.comfy.up = True
+    await rig.poll(2)
+    current = await rig.store.get_rental(rental.id)  # type: ignore[union-attr]
+    assert current is not None and current.state == RentalState.READY
+    return rental, iid
+
+
+async def test_a_host_that_misses_a_heartbeat_for_one_poll_does_not_cost_a_ready_instance(rig: Rig) -> None:
+    await rig.open_engine()
+    rental, iid = await _ready(rig)
+    rig.sim.update_instance(iid, actual_status="unknown")  # no recent host heartbeat
+    await rig.poll()
+    rig.sim.update_instance(iid, actual_status="running")
+    await rig.poll(2)
+    assert kinds(await rig.events(rental.id), EV_DECISION) == []
+    assert iid in rig.sim.instances
+
+
+async def test_a_host_that_stays_offline_is_torn_down(rig: Rig) -> None:
+    await rig.open_engine()
+    rental, iid = await _ready(rig)
+    rig.sim.update_instance(iid, actual_status="offline")
+    await rig.poll(30)
+    decisions = kinds(await rig.events(rental.id), EV_DECISION)
+    assert decisions and "offline" in decisions[0]["evidence"]["text"]
+    assert iid not in rig.sim.instances
