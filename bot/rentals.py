@@ -202,6 +202,8 @@ class RentalService:
                 approval.id, payload=_quote_payload(offer, str(approval.payload.get("requester_name", ""))),
                 now=now, expires_at=now + self.settings.approval_timeout,
             )
+            if requoted is None:
+                return await self._lost(approval.id)  # another click decided it meanwhile
             await self.store.update_rental(rental.id, now=now, quoted_dph=offer.dph_total)
             await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                          "status": "requoted", "quoted_dph": offer.dph_total,

@@ -162,3 +162,36 @@ async def test_a_click_that_lost_to_a_rent_is_not_told_the_offer_is_gone(world: 
         [r.message for r in results]
     events = await world.store.events_for(approval.rental_id or 0, kinds=[EV_APPROVAL])
     assert "offer_gone" not in [e.payload["status"] for e in events]
+
+
+async def test_a_click_that_lost_to_a_rent_does_not_requote_it(world: World) -> None:
+    approval = await _request(world)
+    gate = GatedSearch()
+    assert world.sim.base_url is not None
+    vast = VastClient(world.sim.base_url, "k", clock=world.clock, min_spacing=NO_SPACING, transport=gate)
+    service = RentalService(store=world.store, vast=vast, clock=world.clock, settings=world.service.settings,
+                            engine=world.engine)
+    offer = world.sim.offer(int(approval.payload["offer_id"]))
+    assert offer is not None
+
+    def on_create(row: dict[str, Any]) -> None:
+        # The price goes up (the rented offer is offered again dearer) just as the second re-check lands.
+        offer["rented"] = False
+        offer["dph_base"] = float(offer["dph_base"]) + 0.2
+        gate.release.set()
+
+    world.sim.on_create = on_create
+    try:
+        results = await asyncio.gather(
+            service.decide(approval.id, approve=True, user_id=APPROVER, user_name="alice", is_approver=True),
+            service.decide(approval.id, approve=True, user_id=OTHER, user_name="bob", is_approver=True),
+        )
+    finally:
+        await vast.aclose()
+    assert len(world.sim.instances) == 1
+    assert sorted(r.result for r in results) == sorted([DecisionResult.APPROVED, DecisionResult.ALREADY_DECIDED]), \
+        [r.message for r in results]
+    rental = await world.store.get_rental(approval.rental_id or 0)
+    assert rental is not None and rental.quoted_dph == approval.payload["quoted_dph"]
+    events = await world.store.events_for(rental.id, kinds=[EV_APPROVAL])
+    assert "requoted" not in [e.payload["status"] for e in events]
