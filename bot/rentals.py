@@ -167,6 +167,12 @@ class RentalService:
 
     async def _lost(self, approval_id: int) -> Decision:
         approval = await self.store.get_approval(approval_id)
+        if approval is not None and approval.is_pending and approval.expires_at <= self.clock.now():
+            return Decision(DecisionResult.EXPIRED, approval, None, "This request has expired.")
+        if approval is not None and approval.is_pending:
+            return Decision(DecisionResult.REQUOTED, approval, None,
+                            f"The price changed while you clicked: the new quote is "
+                            f"${float(approval.payload.get('quoted_dph', 0.0)):.3f}/h; approve it to rent.")
         status = approval.status.value if approval else "decided"
         by = f" by {approval.decided_by_name}" if approval and approval.decided_by_name else ""
         return Decision(DecisionResult.ALREADY_DECIDED, approval, None, f"Already {status}{by}.")
@@ -217,8 +223,9 @@ class RentalService:
                 failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if c.status == "fail")
                 return Decision(DecisionResult.PREFLIGHT_FAILED, approval, rental,
                                 f"Preflight failed, nothing was rented: {failed}")
+        # Bound to the quote this click checked: a requote meanwhile (another click) wins over it.
         won = await self.store.decide_approval(approval.id, status=ApprovalStatus.APPROVED, by_id=user_id,
-                                               by_name=user_name, now=now)
+                                               by_name=user_name, now=now, revision=approval.revision)
         if not won:
             return await self._lost(approval.id)
         moved = await self.store.transition_rental(rental.id, to=RentalState.CREATING, now=now,

@@ -16,6 +16,7 @@ import pytest
 from bot.clock import FakeClock
 from bot.db.models import Approval, RentalState
 from bot.db.store import Store
+from bot.provisioning.preflight import PreflightReport
 from bot.rentals import Decision, DecisionResult, RentalService
 from bot.sim.api import VastSim
 from bot.sim.stage import StageSettings
@@ -195,3 +196,25 @@ async def test_a_click_that_lost_to_a_rent_does_not_requote_it(world: World) -> 
     assert rental is not None and rental.quoted_dph == approval.payload["quoted_dph"]
     events = await world.store.events_for(rental.id, kinds=[EV_APPROVAL])
     assert "requoted" not in [e.payload["status"] for e in events]
+
+
+async def test_an_approval_checked_against_the_old_quote_does_not_rent_at_the_new_one(world: World) -> None:
+    """Bob's re-check passed at the old price; while his click was still on its way (preflight),
+    Alice's click found the price up and requoted. Bob's click must not approve a quote he never saw."""
+    approval = await _request(world)
+    offer = world.sim.offer(int(approval.payload["offer_id"]))
+    assert offer is not None
+    alice: list[Decision] = []
+
+    async def preflight(settings: Any) -> PreflightReport:
+        offer["dph_base"] = float(offer["dph_base"]) + 0.2
+        alice.append(await _approve(world, approval))
+        return PreflightReport()
+
+    world.service.preflight = preflight
+    bob = await _approve(world, approval, user_id=OTHER, name="bob")
+    assert [d.result for d in alice] == [DecisionResult.REQUOTED]
+    assert bob.result == DecisionResult.REQUOTED, bob.message
+    assert not world.sim.instances
+    stored = await world.store.get_approval(approval.id)
+    assert stored is not None and stored.is_pending and stored.revision == 2
