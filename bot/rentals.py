@@ -184,8 +184,9 @@ class RentalService:
         offer_id = int(approval.payload["offer_id"])
         # Re-check the exact offer: gone or dearer means a new quote, never a different machine.
         try:
-            current = await self.vast.search_offers(OfferQuery(offer_ids=[offer_id], limit=5,
-                                                               excluded_countries=self.settings.excluded_countries))
+            current = await self.vast.search_offers(OfferQuery(
+                offer_ids=[offer_id], limit=5, num_gpus=None, disk_gb=self._disk_gb(rental),
+                excluded_countries=self.settings.excluded_countries))
         except VastError as exc:
             return Decision(DecisionResult.CREATE_FAILED, approval, rental,
                             f"Could not re-check the offer with Vast ({exc}); nothing was rented. Try again.")
@@ -238,6 +239,15 @@ class RentalService:
                                                      "status": "approved", "by": user_name})
         return await self._create(rental, approval, offer)
 
+    def _disk_gb(self, rental: Rental) -> int:
+        """The disk the offer was searched (and priced) with: the price includes storage."""
+        query = rental.request.get("query") if isinstance(rental.request, dict) else None
+        try:
+            disk = int(float((query or {}).get("disk_gb") or 0))
+        except (TypeError, ValueError):
+            disk = 0
+        return disk if disk >= 8 else self.settings.disk_gb
+
     async def _create(self, rental: Rental, approval: Approval, offer: Offer) -> Decision:
         from bot.provisioning.onstart import build_launch
 
@@ -250,7 +260,7 @@ class RentalService:
             try:
                 launch = build_launch(self.settings, run_id=rental.label, label=rental.label)
                 created = await self.vast.create_instance(
-                    offer.id, image=launch.image, disk_gb=launch.disk_gb, label=rental.label,
+                    offer.id, image=launch.image, disk_gb=self._disk_gb(rental), label=rental.label,
                     env=launch.env, onstart=launch.onstart, runtype=launch.runtype,
                 )
             except VastCreateOutcomeUnknown as exc:

@@ -218,3 +218,19 @@ async def test_an_approval_checked_against_the_old_quote_does_not_rent_at_the_ne
     assert not world.sim.instances
     stored = await world.store.get_approval(approval.id)
     assert stored is not None and stored.is_pending and stored.revision == 2
+
+
+async def test_a_multi_gpu_rent_with_its_own_disk_is_approved_and_created_with_that_disk(world: World) -> None:
+    """The approval re-check must find the exact offer whatever its GPU count, priced at the disk
+    the user searched with, and the instance must get that disk."""
+    query = world.service.query(num_gpus=2, disk_gb=120)
+    offers = await world.service.search(query)
+    assert offers and all(o.num_gpus == 2 for o in offers)
+    _, approval = await world.service.request(offers[0], requester_id=REQUESTER, requester_name="req",
+                                              query=query)
+    decision = await _approve(world, approval)
+    assert decision.result == DecisionResult.APPROVED, decision.message
+    assert decision.rental is not None and decision.rental.instance_id is not None
+    row = world.sim.instances[decision.rental.instance_id]
+    assert row["disk_space"] == 120
+    assert row["num_gpus"] == 2
