@@ -142,6 +142,7 @@ class WatchMemory:
     service_offsets: dict[str, int] = field(default_factory=dict)  # per service log read after ready
     service_polls: int = 0
     last_sample: float | None = None
+    destroy_failures: int = 0
     label_missing_since: float | None = None  # creating, no instance id, none carries the label
     rate_seen: float | None = None  # the $/h Vast last reported for the instance
     rate_since: float | None = None  # when it last changed (None: the whole run at one rate)
@@ -953,19 +954,33 @@ class WatchEngine:
                     started_at=found.start_date or rental.started_at or self.clock.now(),
                     dph_total=found.dph_total if found.dph_total is not None else rental.quoted_dph,
                 )
-        gone = True
+        gone, problem = True, ""
         if instance_id is not None:
             try:
                 gone = await self.vast.destroy_instance(instance_id)
             except VastError as exc:
                 log.warning("destroy of instance %s failed: %s (retrying next poll)", instance_id, exc)
-                await self._emit(rental, EV_INFO, {"text": f"destroy not confirmed yet ({exc}); retrying"})
-                return False
+                gone, problem = False, str(exc)
         if not gone:
-            await self._emit(rental, EV_INFO, {"text": "Vast has not confirmed the instance is gone; retrying"})
+            await self._destroy_not_confirmed(watch, instance_id, problem)
             return False
         await self._finish(watch, reason=reason, by=by)
         return True
+
+    async def _destroy_not_confirmed(self, watch: RentalWatch, instance_id: int | None, problem: str) -> None:
+        """Retry next poll; after a few failures tell people, once: the instance is still billing."""
+        watch.memory.destroy_failures += 1
+        text = f"destroy not confirmed yet ({problem or 'Vast still lists the instance'}); retrying"
+        await self._emit(watch.rental, EV_INFO, {"text": text})
+        if watch.memory.destroy_failures == DESTROY_ALERT_AFTER:
+            await self._emit(watch.rental, EV_FINDING, {
+                "line": None, "category": Category.UNKNOWN.value, "severity": Severity.ERROR.value,
+                "text": f"Vast has not confirmed that instance {instance_id} is destroyed after "
+                        f"{DESTROY_ALERT_AFTER} attempts: {problem or 'it is still listed'}",
+                "advice": "It may still be billing. Destroy it in the Vast console (Instances) now; "
+                          "the bot keeps retrying every poll.",
+                "stops_run": False, "rule": "engine.destroy_unconfirmed",
+            })
 
     async def _gone(self, watch: RentalWatch, now: float) -> None:
         await self._finish(watch, reason=watch.memory.decided or "instance disappeared from the account",
@@ -1107,6 +1122,7 @@ class WatchEngine:
 
 
 COST_SAMPLE_EVERY = 60.0
+DESTROY_ALERT_AFTER = 3
 HELD_UNTIL_READY = frozenset({Milestone.TUNNEL_READY, Milestone.PORTAL_READY})
 SERVICE_LOGS = ("/var/log/tunnel_manager.log",)
 

@@ -467,3 +467,22 @@ async def test_a_burst_of_similar_errors_is_one_post_with_every_line(rig: Rig) -
     assert len(findings) == 1
     assert findings[0]["similar"] == 2 and len(findings[0]["lines"]) == 3
     assert "Failed building wheel" in findings[0]["text"] and "installable wheels" in findings[0]["text"]
+
+
+async def test_a_destroy_vast_keeps_refusing_is_retried_and_people_are_told_once(rig: Rig) -> None:
+    await rig.open_engine()
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.sim.inject_fault("DELETE", "/api/v0/instances/*", "500", times=4)
+    rig.append(iid, ev("run.start", seq=1) + "OSError: [Errno 28] No space left on device\n")
+    await rig.poll(4)  # the decision's attempt and three retries fail
+    events = await rig.events(rental.id)
+    alerts = [f for f in kinds(events, EV_FINDING) if f["rule"] == "engine.destroy_unconfirmed"]
+    assert len(alerts) == 1 and alerts[0]["severity"] == "error"
+    assert "console" in alerts[0]["advice"]
+    assert iid in rig.sim.instances and kinds(events, EV_RECEIPT) == []
+    await rig.poll()  # Vast answers again
+    events = await rig.events(rental.id)
+    assert len(kinds(events, EV_RECEIPT)) == 1
+    assert iid not in rig.sim.instances
+    assert len([f for f in kinds(events, EV_FINDING) if f["rule"] == "engine.destroy_unconfirmed"]) == 1
