@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from bot.clock import FakeClock
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, RentalState
-from bot.db.store import Store
 from bot.render import CUSTOM_ID_LIMIT
-from bot.rentals import DecisionResult, RentalService, may_decide
-from bot.sim.api import VastSim
-from bot.sim.stage import StageSettings
-from bot.vast.client import NO_SPACING, VastClient
-from bot.watch.engine import WatchEngine, WatchPolicy
+from bot.rentals import DecisionResult, may_decide
 from cogs.approvals import APPROVAL_TEMPLATE, ApprovalButton, approval_custom_id, parse_approval_custom_id
 from cogs.destroy import DESTROY_TEMPLATE, destroy_custom_id
-
-REQUESTER, APPROVER, OTHER = 1001, 2002, 3003
-
+from tests.discord.conftest import APPROVER, OTHER, REQUESTER, World, request_approval
 
 # ---------------------------------------------------------------- custom ids
 
@@ -85,45 +74,8 @@ def test_may_decide(user: int, approver: bool, price: float, kind: ApprovalKind,
 # ---------------------------------------------------------------- RentalService.decide
 
 
-@dataclass
-class World:
-    clock: FakeClock
-    sim: VastSim
-    store: Store
-    service: RentalService
-    settings: StageSettings
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    clock = FakeClock()
-    sim = VastSim(clock, api_key="k", logs_delay=0.0)
-    base = await sim.start()
-    settings = StageSettings(vast_backend="sim", database_path=tmp_path / "db.sqlite",
-                             provision_script_url="https://example.org/provision.sh", approval_timeout=600,
-                             self_approve_max_price=0.5, max_price_per_hour=5.0)
-    store = await Store.open(settings.database_path)
-    vast = VastClient(base, "k", clock=clock, min_spacing=NO_SPACING)
-    engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings))
-    service = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine)
-    try:
-        yield World(clock, sim, store, service, settings)
-    finally:
-        await engine.stop()
-        await vast.aclose()
-        await store.close()
-        await sim.stop()
-
-
-async def _request(world: World) -> Approval:
-    offers = await world.service.search(world.service.query())
-    assert offers
-    _, approval = await world.service.request(offers[0], requester_id=REQUESTER, requester_name="req")
-    return approval
-
-
 async def test_member_without_role_is_refused_and_nothing_changes(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     decision = await world.service.decide(approval.id, approve=True, user_id=OTHER, user_name="o",
                                           is_approver=False)
     assert decision.result == DecisionResult.NOT_ALLOWED
@@ -132,7 +84,7 @@ async def test_member_without_role_is_refused_and_nothing_changes(world: World) 
 
 
 async def test_two_approvers_at_once_rent_once(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     a, b = await asyncio.gather(
         world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="alice",
                              is_approver=True),
@@ -147,7 +99,7 @@ async def test_two_approvers_at_once_rent_once(world: World) -> None:
 
 
 async def test_expired_request_cannot_be_approved(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     await world.clock.advance(601)
     decision = await world.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="a",
                                           is_approver=True)
@@ -155,7 +107,7 @@ async def test_expired_request_cannot_be_approved(world: World) -> None:
 
 
 async def test_requester_may_withdraw_but_not_self_approve_above_cap(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     cap = float(approval.payload["quoted_dph"]) - 0.01  # just under this quote
     world.service.settings = world.settings.model_copy(update={"self_approve_max_price": cap})
     mine = await world.service.decide(approval.id, approve=True, user_id=REQUESTER, user_name="req",
@@ -170,7 +122,7 @@ async def test_requester_may_withdraw_but_not_self_approve_above_cap(world: Worl
 
 
 async def test_dearer_offer_is_requoted_not_rented(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     offer = world.sim.offer(int(approval.payload["offer_id"]))
     assert offer is not None
     offer["dph_base"] = float(offer["dph_base"]) + 0.2
@@ -186,7 +138,7 @@ async def test_dearer_offer_is_requoted_not_rented(world: World) -> None:
 
 
 async def test_gone_offer_rents_nothing(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     offer = world.sim.offer(int(approval.payload["offer_id"]))
     assert offer is not None
     offer["rented"] = True
@@ -196,7 +148,7 @@ async def test_gone_offer_rents_nothing(world: World) -> None:
 
 
 async def test_destroying_an_unapproved_request_cancels_its_approval(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     decision = await world.service.destroy(approval.rental_id or 0, user_id=REQUESTER, user_name="req",
                                            is_approver=False, reason=None)
     assert decision.result == DecisionResult.DENIED

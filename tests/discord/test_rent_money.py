@@ -5,63 +5,16 @@ store, the Vast simulator on loopback and a FakeClock; no Discord."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from bot.clock import FakeClock
 from bot.db.models import Approval, RentalState
-from bot.db.store import Store
 from bot.provisioning.preflight import PreflightReport
 from bot.rentals import Decision, DecisionResult, RentalService
-from bot.sim.api import VastSim
-from bot.sim.stage import StageSettings
 from bot.vast.client import NO_SPACING, VastClient
-from bot.watch.engine import EV_APPROVAL, EV_RECEIPT, WatchEngine, WatchPolicy
-
-REQUESTER, APPROVER, OTHER = 1001, 2002, 3003
-
-
-@dataclass
-class World:
-    clock: FakeClock
-    sim: VastSim
-    store: Store
-    engine: WatchEngine
-    service: RentalService
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    clock = FakeClock()
-    sim = VastSim(clock, api_key="k", logs_delay=0.0)
-    base = await sim.start()
-    settings = StageSettings(vast_backend="sim", database_path=tmp_path / "db.sqlite",
-                             provision_script_url="https://example.org/provision.sh", approval_timeout=600,
-                             self_approve_max_price=0.5, max_price_per_hour=5.0)
-    store = await Store.open(settings.database_path)
-    # One reconcile check: the client's spaced re-checks would sleep on the FakeClock.
-    vast = VastClient(base, "k", clock=clock, min_spacing=NO_SPACING, reconcile_checks=1)
-    engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings))
-    service = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine)
-    try:
-        yield World(clock, sim, store, engine, service)
-    finally:
-        await engine.stop()
-        await vast.aclose()
-        await store.close()
-        await sim.stop()
-
-
-async def _request(world: World) -> Approval:
-    offers = await world.service.search(world.service.query())
-    assert offers
-    _, approval = await world.service.request(offers[0], requester_id=REQUESTER, requester_name="req")
-    return approval
+from bot.watch.engine import EV_APPROVAL, EV_RECEIPT
+from tests.discord.conftest import APPROVER, OTHER, REQUESTER, World, request_approval
 
 
 async def _approve(world: World, approval: Approval, user_id: int = APPROVER, name: str = "alice") -> Decision:
@@ -72,7 +25,7 @@ async def _approve(world: World, approval: Approval, user_id: int = APPROVER, na
 async def test_a_create_whose_answer_and_label_check_are_lost_is_still_watched(world: World) -> None:
     """Vast made the instance, the answer was dropped and the label check failed too: the rental
     must not be written off as create_failed (terminal, unwatched) while the instance bills."""
-    approval = await _request(world)
+    approval = await request_approval(world)
     world.sim.inject_fault("PUT", "/api/v0/asks/*", "drop_after_apply")
 
     def on_create(row: dict[str, Any]) -> None:
@@ -94,7 +47,7 @@ async def test_a_create_whose_answer_and_label_check_are_lost_is_still_watched(w
 
 
 async def test_a_create_that_clearly_rented_nothing_is_reported_at_once(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     world.sim.inject_fault("GET", "/api/v1/instances/", "500")  # the label pre-check before the PUT
     decision = await _approve(world, approval)
     assert decision.result == DecisionResult.CREATE_FAILED and not world.sim.instances
@@ -104,7 +57,7 @@ async def test_a_create_that_clearly_rented_nothing_is_reported_at_once(world: W
 
 
 async def test_a_destroy_while_vast_is_creating_destroys_the_new_instance(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     during: list[Decision] = []
 
     async def on_create(row: dict[str, Any]) -> None:
@@ -144,7 +97,7 @@ class GatedSearch(httpx.AsyncBaseTransport):
 
 
 async def test_a_click_that_lost_to_a_rent_is_not_told_the_offer_is_gone(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     gate = GatedSearch()
     assert world.sim.base_url is not None
     vast = VastClient(world.sim.base_url, "k", clock=world.clock, min_spacing=NO_SPACING, transport=gate)
@@ -166,7 +119,7 @@ async def test_a_click_that_lost_to_a_rent_is_not_told_the_offer_is_gone(world: 
 
 
 async def test_a_click_that_lost_to_a_rent_does_not_requote_it(world: World) -> None:
-    approval = await _request(world)
+    approval = await request_approval(world)
     gate = GatedSearch()
     assert world.sim.base_url is not None
     vast = VastClient(world.sim.base_url, "k", clock=world.clock, min_spacing=NO_SPACING, transport=gate)
@@ -201,7 +154,7 @@ async def test_a_click_that_lost_to_a_rent_does_not_requote_it(world: World) -> 
 async def test_an_approval_checked_against_the_old_quote_does_not_rent_at_the_new_one(world: World) -> None:
     """Bob's re-check passed at the old price; while his click was still on its way (preflight),
     Alice's click found the price up and requoted. Bob's click must not approve a quote he never saw."""
-    approval = await _request(world)
+    approval = await request_approval(world)
     offer = world.sim.offer(int(approval.payload["offer_id"]))
     assert offer is not None
     alice: list[Decision] = []
