@@ -809,13 +809,16 @@ class WatchEngine:
             await self._emit(watch.rental, EV_COST, {"cost_usd": round(cost, 4), "step": step, "dph": dph,
                                                      "elapsed_s": round(now - start, 1)})
         watch.memory.cost_reported = max(watch.memory.cost_reported, cost)
-        if (cost >= self.policy.rental_dollar_cap and not watch.memory.decided
-                and "engine.dollar_cap" not in watch.memory.declined):
+        # A human who keeps a rental past the cap is asked again at each further multiple of it.
+        level = 1 + sum(1 for key in watch.memory.declined if key.startswith("engine.dollar_cap"))
+        cap = self.policy.rental_dollar_cap * level
+        if cost >= cap and not watch.memory.decided:
             await self._finding(watch, Finding(
                 Category.STALLED, Severity.FATAL,
-                f"cost ${cost:.2f} reached the per-rental cap of ${self.policy.rental_dollar_cap:.2f}",
+                f"cost ${cost:.2f} reached {'the' if level == 1 else f'{level}x the'} per-rental cap of "
+                f"${self.policy.rental_dollar_cap:.2f}",
                 "Raise RENTAL_DOLLAR_CAP if this rental should run longer.", stops_run=True,
-                rule="engine.dollar_cap",
+                rule="engine.dollar_cap" if level == 1 else f"engine.dollar_cap.x{level}",
             ))
 
     def _cost_now(self, watch: RentalWatch, now: float) -> float:

@@ -305,3 +305,33 @@ async def test_a_host_that_stays_offline_is_torn_down(rig: Rig) -> None:
     decisions = kinds(await rig.events(rental.id), EV_DECISION)
     assert decisions and "offline" in decisions[0]["evidence"]["text"]
     assert iid not in rig.sim.instances
+
+
+async def test_a_kept_rental_is_asked_again_at_each_further_multiple_of_the_cap(rig: Rig) -> None:
+    await rig.open_engine(teardown_policy="propose", proposal_timeout=1e6, stall_timeout=1e6,
+                          comfyui_ready_deadline=1e6, provision_deadline=1e6, cost_step=100.0)
+    assert rig.store is not None and rig.engine is not None
+    rental, iid = await rig.rent()
+    rig.append(iid, ev("run.start", seq=1))
+    dph = rental.quoted_dph or 0.0
+    rig.engine.policy.rental_dollar_cap = dph * 10 * POLL / 3600  # the cap is ten polls' worth
+
+    async def poll_until_proposals(n: int) -> list[dict[str, Any]]:
+        for _ in range(40):
+            await rig.poll()
+            found = kinds(await rig.events(rental.id), EV_PROPOSAL)
+            if len(found) >= n:
+                return found
+        return kinds(await rig.events(rental.id), EV_PROPOSAL)
+
+    first = await poll_until_proposals(1)
+    assert len(first) == 1 and "cap" in first[0]["evidence"]["text"]
+    assert await rig.store.decide_approval(first[0]["approval_id"], status=ApprovalStatus.DENIED, by_id=7,
+                                           by_name="bob", now=rig.clock.now())
+    await rig.engine.decline_teardown(rental.id, by="bob")
+    kept_at = rig.clock.now()
+    second = await poll_until_proposals(2)
+    assert len(second) == 2 and "2x the per-rental cap" in second[1]["evidence"]["text"]
+    # Asked again only once the second multiple was reached (about ten more polls), not at once.
+    asked = [e for e in await rig.events(rental.id) if e.kind == EV_PROPOSAL][1]
+    assert asked.ts - kept_at >= 8 * POLL
