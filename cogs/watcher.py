@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord.ext import commands
 
@@ -87,6 +88,12 @@ class ChannelNotifier:
             # A 4xx will not get better by retrying (bad payload, missing permission, unknown
             # channel); log loudly and move on so the rental's later events still flow.
             log.error("Discord refused event %s/%s of rental %s: %s", event.kind, event.seq, rental.id, exc)
+        except (OSError, TimeoutError, aiohttp.ClientError):
+            raise  # the network: retried later, in order
+        except Exception:
+            # A bug rendering this one event (an odd payload) would block every later event of the
+            # rental forever if raised: log it with the traceback and move on.
+            log.exception("could not render event %s/%s of rental %s; skipped", event.kind, event.seq, rental.id)
 
     async def _dispatch(self, rental: Rental, event: Event) -> None:
         kind, p = event.kind, event.payload
