@@ -20,7 +20,7 @@ from bot.settings import Settings
 from bot.vast.client import VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
 from bot.vast.models import Instance, Offer, OfferQuery
-from bot.watch.engine import EV_APPROVAL, EV_INFO, EV_STATE, WatchEngine
+from bot.watch.engine import EV_APPROVAL, EV_INFO, EV_STATE, LABEL_PREFIX, WatchEngine
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class RentalService:
                       query: OfferQuery | None = None) -> tuple[Rental, Approval]:
         """Create a rental awaiting approval, bound to this exact offer id and quoted $/h."""
         now = self.clock.now()
-        label = f"vastops-{secrets.token_hex(4)}"
+        label = f"{LABEL_PREFIX}{secrets.token_hex(4)}"
         rental = await self.store.create_rental(
             label=label, requester_id=requester_id, requester_name=requester_name, offer_id=offer.id,
             quoted_dph=offer.dph_total, now=now, state=RentalState.AWAITING_APPROVAL,

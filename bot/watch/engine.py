@@ -285,7 +285,8 @@ class WatchEngine:
         """One poll: list instances once, step every watch, expire proposals, deliver events."""
         self.ticks += 1
         await self._expire_approvals()
-        if self.watches:
+        # Idle, the account is still listed once a minute or so: the orphan sweep needs it.
+        if self.watches or self.ticks % IDLE_LIST_EVERY == 1:
             try:
                 instances = {inst.id: inst for inst in await self.vast.list_instances()}
                 listed = True
@@ -299,7 +300,40 @@ class WatchEngine:
             for watch, result in zip(watches, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("watch of rental %s failed: %r", watch.rental.id, result)
+            if listed:
+                await self._sweep_orphans(instances)
         await self.pump()
+
+    async def _sweep_orphans(self, instances: dict[int, Instance]) -> None:
+        """Destroy instances that carry the label of one of our rentals that is over.
+
+        A create whose answer was lost and whose label Vast listed only later, or a destroy Vast
+        undid: the rental is closed (create_failed, destroyed, ...) yet the instance bills. It is
+        ours by its label, and nobody wants it. Instances with no rental of ours are left alone
+        (they are listed as unknown in /status).
+        """
+        watched = {w.rental.instance_id for w in self.watches.values()} | {
+            w.instance.id for w in self.watches.values() if w.instance is not None}
+        for inst in instances.values():
+            if inst.id in watched or not inst.label or not inst.label.startswith(LABEL_PREFIX):
+                continue
+            rental = await self.store.get_rental_by_label(inst.label)
+            if rental is None or rental.state not in ORPHANING_STATES:
+                continue
+            try:
+                gone = await self.vast.destroy_instance(inst.id)
+            except VastError as exc:
+                log.warning("orphan instance %s (rental %s) not destroyed yet: %s", inst.id, rental.id, exc)
+                continue
+            cost = CostMeter(inst.dph_total or 0.0, inst.start_date or self.clock.now()).cost_at(self.clock.now())
+            await self.store.append_event(rental.id, kind=EV_FINDING, ts=self.clock.now(), payload={
+                "line": None, "category": Category.UNKNOWN.value, "severity": Severity.ERROR.value,
+                "text": f"instance {inst.id} carries this rental's label but the rental is {rental.state.value}; "
+                        f"it was billing (about ${cost:.2f}) and has been "
+                        + ("destroyed" if gone else "asked to be destroyed"),
+                "advice": "Nothing to do; the bot destroys instances it rented but no longer watches.",
+                "stops_run": False, "rule": "engine.orphan_destroyed",
+            })
 
     async def _step_safely(self, watch: RentalWatch, instances: dict[int, Instance], listed: bool) -> None:
         async with watch.lock:
@@ -1125,6 +1159,11 @@ class WatchEngine:
 
 
 COST_SAMPLE_EVERY = 60.0
+IDLE_LIST_EVERY = 4
+LABEL_PREFIX = "vastops-"  # every rental label starts with it (bot.rentals)
+# Closed rentals whose instance, if Vast still lists it, is an orphan to destroy.
+ORPHANING_STATES = frozenset({RentalState.CREATE_FAILED, RentalState.DESTROYED, RentalState.DENIED,
+                              RentalState.EXPIRED})
 DESTROY_ALERT_AFTER = 3
 HELD_UNTIL_READY = frozenset({Milestone.TUNNEL_READY, Milestone.PORTAL_READY})
 SERVICE_LOGS = ("/var/log/tunnel_manager.log",)

@@ -335,3 +335,20 @@ async def test_a_kept_rental_is_asked_again_at_each_further_multiple_of_the_cap(
     # Asked again only once the second multiple was reached (about ten more polls), not at once.
     asked = [e for e in await rig.events(rental.id) if e.kind == EV_PROPOSAL][1]
     assert asked.ts - kept_at >= 8 * POLL
+
+
+async def test_an_instance_listed_under_a_closed_rentals_label_is_destroyed(rig: Rig) -> None:
+    """A create written off as failed whose instance Vast lists only later: ours, unwanted, billing."""
+    await rig.open_engine()
+    assert rig.store is not None and rig.engine is not None
+    now = rig.clock.now()
+    closed = await rig.store.create_rental(label="vastops-late0001", requester_id=1, requester_name="ada",
+                                           offer_id=1, quoted_dph=0.2, now=now, state=RentalState.CREATE_FAILED)
+    stranger = rig.sim.seed_instance(label="someone-elses-box")
+    late = rig.sim.seed_instance(label="vastops-late0001")
+    for _ in range(4):  # idle: the account is listed once every few polls
+        await rig.poll()
+    assert late not in rig.sim.instances
+    assert stranger in rig.sim.instances  # not ours: listed in /status, never destroyed by the bot
+    [finding] = kinds(await rig.events(closed.id), EV_FINDING)
+    assert finding["rule"] == "engine.orphan_destroyed" and str(late) in finding["text"]
