@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.clock import Clock
-from bot.db.models import ACTIVE_STATES, Approval, ApprovalKind, Event, Rental, RentalState
+from bot.db.models import ACTIVE_STATES, Approval, ApprovalKind, ApprovalStatus, Event, Rental, RentalState
 from bot.db.store import Store
 from bot.durations import format_duration
 from bot.settings import Settings
@@ -1031,7 +1031,14 @@ class WatchEngine:
                                          cost_usd=cost)
         await self.store.update_rental(rental.id, now=now, ended_at=now)
         await self._transition(watch, RentalState.DESTROYED, reason=reason)
-        failed = watch.memory.decided is not None and watch.memory.verdict != Verdict.READY.value
+        # A teardown proposal still open has nothing left to decide: close it so its buttons say so.
+        for approval in await self.store.pending_approvals(rental_id=rental.id):
+            if await self.store.decide_approval(approval.id, status=ApprovalStatus.CANCELLED, by_id=0,
+                                                by_name="vastops", now=now, note="rental already destroyed"):
+                await self._emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": approval.kind.value,
+                                                       "status": "cancelled"})
+        # Only the engine's own verdict blames the machine: a user's /destroy says nothing about it.
+        failed = watch.memory.decided_key is not None and watch.memory.verdict != Verdict.READY.value
         if rental.machine_id is not None:
             await self.store.record_host_outcome(
                 machine_id=rental.machine_id, host_id=rental.host_id, geolocation=rental.geolocation,

@@ -352,3 +352,34 @@ async def test_an_instance_listed_under_a_closed_rentals_label_is_destroyed(rig:
     assert stranger in rig.sim.instances  # not ours: listed in /status, never destroyed by the bot
     [finding] = kinds(await rig.events(closed.id), EV_FINDING)
     assert finding["rule"] == "engine.orphan_destroyed" and str(late) in finding["text"]
+
+
+async def test_destroying_another_way_closes_the_open_proposal(rig: Rig) -> None:
+    await rig.open_engine(teardown_policy="propose", proposal_timeout=1e6)
+    assert rig.store is not None and rig.engine is not None
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1) + "OSError: [Errno 28] No space left on device\n")
+    await rig.poll()
+    [proposal] = kinds(await rig.events(rental.id), EV_PROPOSAL)
+    assert await rig.engine.destroy(rental.id, reason="not needed", by="ada")
+    approval = await rig.store.get_approval(proposal["approval_id"])
+    assert approval is not None and approval.status == ApprovalStatus.CANCELLED
+    closing = [p for p in kinds(await rig.events(rental.id), "approval") if p["status"] == "cancelled"]
+    assert [p["approval_id"] for p in closing] == [proposal["approval_id"]]
+    # The engine had found a fatal problem: the machine is remembered as failed.
+    assert rental.machine_id in await rig.store.machines_to_avoid(since=0)
+
+
+async def test_a_users_destroy_does_not_blame_the_machine(rig: Rig) -> None:
+    await rig.open_engine()
+    assert rig.store is not None and rig.engine is not None
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1))
+    await rig.poll()
+    assert await rig.engine.destroy(rental.id, reason="changed my mind", by="ada")
+    assert rental.machine_id is not None
+    assert rental.machine_id not in await rig.store.machines_to_avoid(since=0)
+    [record] = await rig.store.host_history(rental.machine_id)
+    assert record.outcome == "ok"
