@@ -13,184 +13,50 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bot.clock import Clock
 from bot.db.models import ACTIVE_STATES, Approval, ApprovalKind, ApprovalStatus, Event, Rental, RentalState
 from bot.db.store import Store
 from bot.durations import format_duration
-from bot.settings import Settings
 from bot.vast.client import VastClient
 from bot.vast.errors import VastError
 from bot.vast.models import Instance
-from bot.watch.analysis import RunAnalysis
 from bot.watch.classifier import Classifier, load_rules
 from bot.watch.cost import CostMeter, crossed_steps
+from bot.watch.events import (
+    EV_APPROVAL,
+    EV_COST,
+    EV_DECISION,
+    EV_FINDING,
+    EV_INFO,
+    EV_LOG_ROTATED,
+    EV_MILESTONE,
+    EV_NOISE,
+    EV_PROPOSAL,
+    EV_RECEIPT,
+    EV_STATE,
+    EV_VERDICT,
+    Notifier,
+)
 from bot.watch.lines import LineAssembler
 from bot.watch.milestones import MilestoneParser
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.redact import Redactor
 from bot.watch.ssh import HostKeyChanged, SshFatal, SshTransient, best_alternative_log, endpoint_for
+from bot.watch.state import RentalWatch, SshConnector, WatchMemory, WatchPolicy
 
 log = logging.getLogger(__name__)
 
+# Re-exported: the cogs, the rent service and the demo import these from here.
+__all__ = [
+    "EV_APPROVAL", "EV_COST", "EV_DECISION", "EV_FINDING", "EV_INFO", "EV_LOG_ROTATED", "EV_MILESTONE",
+    "EV_NOISE", "EV_PROPOSAL", "EV_RECEIPT", "EV_STATE", "EV_VERDICT", "LABEL_PREFIX", "WATCHED_STATES",
+    "Notifier", "RentalWatch", "SshConnector", "WatchEngine", "WatchMemory", "WatchPolicy",
+]
+
 # The engine keeps an eye on every rental that may be billing.
 WATCHED_STATES = ACTIVE_STATES
-
-# Event kinds (a contract with the notifiers: the Discord watcher and the terminal demo).
-EV_STATE = "state"
-EV_MILESTONE = "milestone"
-EV_FINDING = "finding"
-EV_NOISE = "noise_summary"
-EV_COST = "cost"
-EV_VERDICT = "verdict"
-EV_DECISION = "decision"
-EV_PROPOSAL = "teardown_proposed"
-EV_RECEIPT = "receipt"
-EV_LOG_ROTATED = "log_rotated"
-EV_INFO = "info"
-EV_APPROVAL = "approval"
-
-
-class Notifier(Protocol):
-    """Delivers stored events somewhere (a Discord channel, a terminal). Raise to retry later."""
-
-    async def notify(self, rental: Rental, event: Event) -> None: ...
-
-
-class SshConnector(Protocol):
-    """Opens an SSH log session to an instance (``bot.watch.ssh.SshLogSession.connect``)."""
-
-    async def __call__(self, endpoint: Any, *, key_path: Path, known_host_key: str | None,
-                       connect_timeout: float) -> Any: ...
-
-
-@dataclass
-class WatchPolicy:
-    """The timing and money rules of a watch, from settings."""
-
-    poll_interval: float = 15.0
-    ssh_boot_grace: float = 180.0
-    stall_timeout: float = 300.0
-    container_running_deadline: float = 1800.0
-    ssh_ready_deadline: float = 600.0
-    provisioning_started_deadline: float = 600.0
-    comfyui_ready_deadline: float = 2700.0
-    provision_deadline: float = 3600.0
-    rental_dollar_cap: float = 5.0
-    cost_step: float = 0.25
-    teardown_policy: str = "destroy"
-    proposal_timeout: float = 600.0
-    log_path: str = "/workspace/vastops/provision.log"
-    ssh_key_path: Path | None = None
-    connect_timeout: float = 10.0
-    log_missing_grace: float | None = None  # default: two polls
-    # How long a rental left in creating without an instance id (a crash or a lost answer) is
-    # looked for by its label before it is called create_failed; Vast's list may lag a create.
-    create_reconcile_grace: float = 300.0
-    # How long an instance may show offline/unknown (host out of touch) before it is given up.
-    host_lost_grace: float = 300.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> WatchPolicy:
-        values = {
-            name: getattr(settings, name)
-            for name in (
-                "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
-                "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
-                "provision_deadline", "rental_dollar_cap", "cost_step", "teardown_policy",
-                "proposal_timeout",
-            )
-        }
-        values["log_path"] = settings.provision_log_path
-        values["ssh_key_path"] = settings.ssh_key_path
-        values.update(overrides)
-        return cls(**values)
-
-    @property
-    def missing_grace(self) -> float:
-        return self.log_missing_grace if self.log_missing_grace is not None else 2 * self.poll_interval
-
-
-@dataclass
-class WatchMemory:
-    """What a watch must remember across restarts (stored as JSON in watch_state.data)."""
-
-    milestones: dict[str, float] = field(default_factory=dict)
-    lineno: int = 0
-    noise: dict[str, int] = field(default_factory=dict)
-    noise_posted: int = 0
-    findings: list[dict[str, Any]] = field(default_factory=list)
-    last_growth: float | None = None  # last *progress* (not noise, heartbeats or a stuck byte counter)
-    progress_bytes: dict[str, int] = field(default_factory=dict)  # model.progress bytes per file
-    log_missing_since: float | None = None
-    ssh_fail_since: float | None = None
-    ssh_unreachable_reported: bool = False
-    fallback: bool = False
-    fallback_only: bool = False  # SSH refused for good (auth / changed host key)
-    fallback_tail: list[str] = field(default_factory=list)
-    cost_reported: float = 0.0
-    decided: str | None = None  # reason of the teardown decision, once taken
-    decided_key: str | None = None  # the rule behind it (what a human declines)
-    declined: list[str] = field(default_factory=list)  # teardown rules a human declined
-    verdict: str = Verdict.IN_PROGRESS.value
-    comfy_pending: dict[str, Any] | None = None
-    rotations: int = 0
-    held: list[dict[str, Any]] = field(default_factory=list)  # tunnel/portal hits waiting for ComfyUI
-    service_offsets: dict[str, int] = field(default_factory=dict)  # per service log read after ready
-    service_polls: int = 0
-    last_sample: float | None = None
-    destroy_failures: int = 0
-    label_missing_since: float | None = None  # creating, no instance id, none carries the label
-    rate_seen: float | None = None  # the $/h Vast last reported for the instance
-    rate_since: float | None = None  # when it last changed (None: the whole run at one rate)
-    cost_base: float = 0.0  # dollars billed before ``rate_since``
-    host_lost_since: float | None = None  # first poll of an offline/unknown status in a row
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> WatchMemory:
-        memory = cls()
-        for key, value in (data or {}).items():
-            if hasattr(memory, key):
-                setattr(memory, key, value)
-        return memory
-
-
-class RentalWatch:
-    """Live state of one rental's watch: the SSH session, line reassembly and analysis."""
-
-    def __init__(self, rental: Rental, memory: WatchMemory, *, log_offset: int, host_key: str | None,
-                 classifier: Classifier, redactor: Redactor) -> None:
-        self.rental = rental
-        self.memory = memory
-        self.log_offset = log_offset
-        self.host_key = host_key
-        self.session: Any = None
-        self.assembler = LineAssembler()
-        self.analysis = RunAnalysis(classifier, redactor)
-        self.next_ssh_attempt = 0.0
-        self.ssh_failures = 0
-        self.instance: Instance | None = None
-        self.lock = asyncio.Lock()
-        # Events derived from log lines wait here and are stored together with the offset and
-        # memory that produced them (one transaction), so a crash neither loses nor repeats them.
-        self.buffer: list[tuple[str, dict[str, Any], float]] = []
-        # After a restart: bytes [0, replay_to) were analysed by the previous process. They are
-        # read again once, silently, to rebuild the analysis (attempts, node activity, causes);
-        # events for them were already stored, so none is emitted twice.
-        self.replay_to = 0
-        # When this process last actually read the log (file or container log). The stall clock
-        # only runs up to there: a run nobody could look at (the bot down, SSH refused) is not stalled.
-        self.last_read: float | None = None
-
-    def reached(self, milestone: Milestone) -> bool:
-        return milestone.value in self.memory.milestones
-
 
 class WatchEngine:
     """Watches every live rental; emits events; decides and carries out teardowns."""
