@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 Preflight = Callable[[Settings], Awaitable[Any]]
 
 
+class _RolledBack(Exception):
+    """Raised inside a store transaction to undo it."""
+
+
 class DecisionResult(StrEnum):
     """What happened to a click on an approval button (the cog turns it into words)."""
 
@@ -225,14 +229,22 @@ class RentalService:
                 return Decision(DecisionResult.PREFLIGHT_FAILED, approval, rental,
                                 f"Preflight failed, nothing was rented: {failed}")
         # Bound to the quote this click checked: a requote meanwhile (another click) wins over it.
-        won = await self.store.decide_approval(approval.id, status=ApprovalStatus.APPROVED, by_id=user_id,
-                                               by_name=user_name, now=now, revision=approval.revision)
+        # The decision and the rental's move to "creating" commit together: a crash between them
+        # would leave an approved request that nothing will ever create.
+        try:
+            async with self.store.transaction():
+                won = await self.store.decide_approval(approval.id, status=ApprovalStatus.APPROVED,
+                                                       by_id=user_id, by_name=user_name, now=now,
+                                                       revision=approval.revision)
+                if won and not await self.store.transition_rental(
+                        rental.id, to=RentalState.CREATING, now=now, expected=[RentalState.AWAITING_APPROVAL],
+                        reason=f"approved by {user_name}"):
+                    raise _RolledBack  # the rental moved on (withdrawn): undo the approval too
+        except _RolledBack:
+            current = await self.store.get_rental(rental.id) or rental
+            return Decision(DecisionResult.ALREADY_DECIDED, approval, current,
+                            f"This request is already {current.state.value.replace('_', ' ')}; nothing was rented.")
         if not won:
-            return await self._lost(approval.id)
-        moved = await self.store.transition_rental(rental.id, to=RentalState.CREATING, now=now,
-                                                   expected=[RentalState.AWAITING_APPROVAL],
-                                                   reason=f"approved by {user_name}")
-        if not moved:
             return await self._lost(approval.id)
         rental = await self.store.get_rental(rental.id) or rental
         await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from bot.db.models import Approval, RentalState
+from bot.db.models import Approval, ApprovalStatus, RentalState
 from bot.provisioning.preflight import PreflightReport
 from bot.rentals import Decision, DecisionResult, RentalService
 from bot.vast.client import NO_SPACING, VastClient
@@ -187,3 +187,16 @@ async def test_a_multi_gpu_rent_with_its_own_disk_is_approved_and_created_with_t
     row = world.sim.instances[decision.rental.instance_id]
     assert row["disk_space"] == 120
     assert row["num_gpus"] == 2
+
+
+async def test_approval_and_the_move_to_creating_commit_together(world: World) -> None:
+    """If the rental has moved on (withdrawn) when the approval wins, the approval is undone too:
+    never an 'approved' request that nothing will create."""
+    approval = await request_approval(world)
+    assert approval.rental_id is not None
+    assert await world.store.transition_rental(approval.rental_id, to=RentalState.DENIED, now=world.clock.now())
+    decision = await _approve(world, approval)
+    assert decision.result == DecisionResult.ALREADY_DECIDED, decision.message
+    current = await world.store.get_approval(approval.id)
+    assert current is not None and current.status == ApprovalStatus.PENDING
+    assert world.sim.instances == {}
