@@ -96,6 +96,13 @@ class Rental:
     tunnel_url: str | None
     status_channel_id: int | None
     status_message_id: int | None
+    # Billing model (see bot.watch.cost.rental_cost): rates and running time on the bot's clock.
+    dph_base: float | None = None
+    storage_dph: float | None = None
+    cost_base: float = 0.0
+    billed_from: float | None = None
+    running_s: float = 0.0
+    running_since: float | None = None
 
     @property
     def is_active(self) -> bool:
