@@ -122,6 +122,7 @@ class VastopsBot(commands.Bot):
             await self.engine.start()
         else:
             await self.engine.reattach()
+            self.engine.outbox.start()  # posts flow even when a test drives the polls itself
 
     async def close(self) -> None:
         try:

@@ -20,7 +20,9 @@ from bot.settings import Settings
 from bot.vast.client import VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
 from bot.vast.models import Instance, Offer, OfferQuery
-from bot.watch.engine import EV_APPROVAL, EV_INFO, EV_STATE, LABEL_PREFIX, WatchEngine
+from bot.watch.engine import WatchEngine
+from bot.watch.events import EV_APPROVAL, EV_INFO, EV_STATE
+from bot.watch.reconcile import LABEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class RentalService:
         self.clock = clock
         self.settings = settings
         self.engine = engine
+        # Events go to the same outbox as the engine's: stored first, delivered in order.
+        self.outbox = engine.outbox
         self.preflight = preflight
 
     # ------------------------------------------------------------------ search
@@ -122,7 +126,7 @@ class RentalService:
             expires_at=now + self.settings.approval_timeout,
             payload=_quote_payload(offer, requester_name),
         )
-        await self.engine.emit(rental, EV_APPROVAL, {
+        await self.outbox.append(rental, EV_APPROVAL, {
             "approval_id": approval.id, "kind": "rent", "status": "pending",
             "quoted_dph": offer.dph_total, "offer_id": offer.id,
         })
@@ -163,7 +167,7 @@ class RentalService:
                 await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=now,
                                                    expected=[RentalState.AWAITING_APPROVAL],
                                                    reason=f"denied by {user_name}")
-                await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                              "status": "denied", "by": user_name})
             return Decision(DecisionResult.DENIED, await self.store.get_approval(approval.id), rental,
                             f"Denied by {user_name}.")
@@ -204,7 +208,7 @@ class RentalService:
                 return await self._lost(approval.id)
             await self.store.transition_rental(rental.id, to=RentalState.EXPIRED, now=now,
                                                expected=[RentalState.AWAITING_APPROVAL], reason="offer gone")
-            await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+            await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                          "status": "offer_gone"})
             return Decision(DecisionResult.OFFER_GONE, approval, rental,
                             "The offer was rented by someone else; nothing was rented. Run /rent again.")
@@ -216,7 +220,7 @@ class RentalService:
             if requoted is None:
                 return await self._lost(approval.id)  # another click decided it meanwhile
             await self.store.update_rental(rental.id, now=now, quoted_dph=offer.dph_total)
-            await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+            await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                          "status": "requoted", "quoted_dph": offer.dph_total,
                                                          "previous_dph": quoted})
             return Decision(DecisionResult.REQUOTED, requoted, rental,
@@ -247,7 +251,7 @@ class RentalService:
         if not won:
             return await self._lost(approval.id)
         rental = await self.store.get_rental(rental.id) or rental
-        await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+        await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                      "status": "approved", "by": user_name})
         return await self._create(rental, approval, offer)
 
@@ -266,9 +270,10 @@ class RentalService:
         now = self.clock.now()
         # Watched from before the PUT: if anything below fails after Vast made the instance (a lost
         # answer, a crash, a database error), the engine finds it by its label and watches it.
-        self.engine.creating.add(rental.id)
-        try:
-            await self.engine.attach(rental)
+        # started_at records that the create is being sent (on the bot's clock): a rental left in
+        # creating without it was never sent, and is resumed after a restart.
+        async with self.engine.create_in_flight(rental):
+            rental = await self.store.update_rental(rental.id, now=now, started_at=now)
             try:
                 launch = build_launch(self.settings, run_id=rental.label, label=rental.label)
                 created = await self.vast.create_instance(
@@ -276,7 +281,7 @@ class RentalService:
                     env=launch.env, onstart=launch.onstart, runtype=launch.runtype,
                 )
             except VastCreateOutcomeUnknown as exc:
-                await self.engine.emit(rental, EV_INFO, {"text": (
+                await self.outbox.append(rental, EV_INFO, {"text": (
                     f"Vast's answer to the create was lost ({exc}); looking for an instance labelled "
                     f"{rental.label}: it is watched if it exists, else the rental is closed")})
                 return Decision(DecisionResult.CREATE_FAILED, approval, rental,
@@ -285,16 +290,14 @@ class RentalService:
             except (VastError, ValueError) as exc:
                 reason = str(exc)
                 await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED, now=now, reason=reason)
-                await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "create_failed",
-                                                          "reason": reason})
+                await self.outbox.append(rental, EV_STATE, {"from": "creating", "to": "create_failed",
+                                                            "reason": reason})
                 gone = isinstance(exc, VastUnavailableOffer)
                 result = DecisionResult.OFFER_GONE if gone else DecisionResult.CREATE_FAILED
                 return Decision(result, approval, rental, f"Vast did not create the instance: {reason}")
             instance_id = created if isinstance(created, int) else created.id
-            rental = await self.store.update_rental(rental.id, now=now, instance_id=instance_id, started_at=now,
+            rental = await self.store.update_rental(rental.id, now=now, instance_id=instance_id,
                                                     dph_total=offer.dph_total)
-        finally:
-            self.engine.creating.discard(rental.id)
         moved = await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now,
                                                    expected=[RentalState.CREATING], reason=f"instance {instance_id}")
         if not moved:
@@ -311,7 +314,7 @@ class RentalService:
                             "the rental was torn down meanwhile.")
         rental = await self.store.get_rental(rental.id) or rental
         await self.engine.attach(rental)
-        await self.engine.emit(rental, EV_STATE, {"from": "creating", "to": "provisioning",
+        await self.outbox.append(rental, EV_STATE, {"from": "creating", "to": "provisioning",
                                                   "reason": f"instance {instance_id} created",
                                                   "instance_id": instance_id})
         return Decision(DecisionResult.APPROVED, await self.store.get_approval(approval.id), rental,
@@ -326,7 +329,7 @@ class RentalService:
             return await self._lost(approval.id)
         if rental is None:
             return Decision(DecisionResult.NOT_FOUND, approval, None, "The rental no longer exists.")
-        await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "teardown",
+        await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "teardown",
                                                      "status": status.value, "by": user_name})
         if approve:
             await self.engine.destroy(rental.id, reason=str(approval.payload.get("reason", "teardown approved")),
@@ -358,8 +361,8 @@ class RentalService:
             for pending in await self.store.pending_approvals(rental_id=rental.id):
                 if await self.store.decide_approval(pending.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
                                                     by_name=user_name, now=now, note=f"withdrawn by {user_name}"):
-                    await self.engine.emit(rental, EV_APPROVAL, {"approval_id": pending.id, "kind": pending.kind.value,
-                                                                 "status": "cancelled", "by": user_name})
+                    await self.outbox.append(rental, EV_APPROVAL, {
+                        "approval_id": pending.id, "kind": pending.kind.value, "status": "cancelled", "by": user_name})
             return Decision(DecisionResult.DENIED, rental=rental, message="Request withdrawn; nothing was rented.")
         rental = await self.store.get_rental(rental.id) or rental
         if rental.is_terminal:

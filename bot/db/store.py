@@ -509,12 +509,12 @@ class Store:
         now: float,
         expected: Iterable[RentalState] | None = None,
         reason: str | None = None,
-    ) -> bool:
+    ) -> Rental | None:
         """Move a rental to ``to`` if its current state is in ``expected`` (any state if None).
 
         One conditional UPDATE, so two racing callers cannot both move it. ``state_reason`` is
-        replaced by ``reason``; entering a terminal state records ``ended_at`` once. Returns
-        False if the rental does not exist or was not in an expected state.
+        replaced by ``reason``; entering a terminal state records ``ended_at`` once. Returns the
+        updated row, or None if the rental does not exist or was not in an expected state.
         """
         target = RentalState(to)
         params: list[Any] = [target.value, reason, now, target in TERMINAL_STATES, now, rental_id]
@@ -522,16 +522,16 @@ class Store:
         if expected is not None:
             wanted = sorted({RentalState(s).value for s in expected})
             if not wanted:
-                return False
+                return None
             condition = f" AND state IN ({_placeholders(len(wanted))})"
             params += wanted
         rows = await self._write_fetchall(
             "UPDATE rentals SET state = ?, state_reason = ?, updated_at = ?,"
             " ended_at = CASE WHEN ? THEN coalesce(ended_at, ?) ELSE ended_at END"
-            f" WHERE id = ?{condition} RETURNING id",
+            f" WHERE id = ?{condition} RETURNING {_select(_RENTAL_COLS)}",
             params,
         )
-        return bool(rows)
+        return _rental(rows[0]) if rows else None
 
     async def search_rentals_for_autocomplete(
         self,

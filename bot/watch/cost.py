@@ -43,7 +43,7 @@ def _rate(value: float | None) -> float | None:
 
 def rental_cost(rental: Rental, now: float) -> float:
     """Dollars billed for ``rental`` up to ``now`` (or its end), by the model in this module."""
-    if rental.started_at is None:
+    if rental.started_at is None or rental.instance_id is None:
         return 0.0  # nothing was created: waiting for approval or a create is free
     end = rental.ended_at if rental.ended_at is not None else now
     since = rental.billed_from if rental.billed_from is not None else rental.started_at

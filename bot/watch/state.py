@@ -4,9 +4,9 @@ restarts (watch_state.data), and the live watch (SSH session, line assembly, ana
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bot.db.models import Rental
 from bot.settings import Settings
@@ -16,6 +16,7 @@ from bot.watch.classifier import Classifier
 from bot.watch.lines import LineAssembler
 from bot.watch.model import Milestone, Verdict
 from bot.watch.redact import Redactor
+from bot.watch.ssh import SshBackoff
 
 
 class SshConnector(Protocol):
@@ -39,7 +40,7 @@ class WatchPolicy:
     provision_deadline: float = 3600.0
     rental_dollar_cap: float = 5.0
     cost_step: float = 0.25
-    teardown_policy: str = "destroy"
+    teardown_policy: Literal["destroy", "propose"] = "destroy"
     proposal_timeout: float = 600.0
     log_path: str = "/workspace/vastops/provision.log"
     ssh_key_path: Path | None = None
@@ -50,18 +51,16 @@ class WatchPolicy:
     create_reconcile_grace: float = 300.0
     # How long an instance may show offline/unknown (host out of touch) before it is given up.
     host_lost_grace: float = 300.0
+    # Read the container log of an SSH-less rental at most every this many polls (2 API calls each).
+    container_log_every: int = 4
+    # Lists of the account that must miss an instance before it counts as gone (a 404 never does).
+    gone_after_absent: int = 2
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WatchPolicy:
-        values = {
-            name: getattr(settings, name)
-            for name in (
-                "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
-                "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
-                "provision_deadline", "rental_dollar_cap", "cost_step", "teardown_policy",
-                "proposal_timeout",
-            )
-        }
+        """The policy from settings: every field named like a setting takes the setting's value."""
+        known = type(settings).model_fields
+        values: dict[str, Any] = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name in known}
         values["log_path"] = settings.provision_log_path
         values["ssh_key_path"] = settings.ssh_key_path
         values.update(overrides)
@@ -106,6 +105,10 @@ class WatchMemory:
     rate_since: float | None = None  # when it last changed (None: the whole run at one rate)
     cost_base: float = 0.0  # dollars billed before ``rate_since``
     host_lost_since: float | None = None  # first poll of an offline/unknown status in a row
+    absent_lists: int = 0  # successful account lists in a row that did not show the instance
+    destroy_sent_at: float | None = None  # when Vast last accepted a destroy of the instance
+    skew_warned: bool = False  # Vast's start_date far from the bot's clock was reported
+    container_log_poll: int = 0  # polls since the container log was last read
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -132,7 +135,7 @@ class RentalWatch:
         self.assembler = LineAssembler()
         self.analysis = RunAnalysis(classifier, redactor)
         self.next_ssh_attempt = 0.0
-        self.ssh_failures = 0
+        self.ssh_backoff: SshBackoff | None = None  # while SSH keeps failing: jittered, capped delays
         self.instance: Instance | None = None
         self.lock = asyncio.Lock()
         # Events derived from log lines wait here and are stored together with the offset and
@@ -142,9 +145,21 @@ class RentalWatch:
         # read again once, silently, to rebuild the analysis (attempts, node activity, causes);
         # events for them were already stored, so none is emitted twice.
         self.replay_to = 0
+        self.replay_offset = 0
+        self.replay_lineno = 0
+        self.replay_assembler: LineAssembler | None = None
         # When this process last actually read the log (file or container log). The stall clock
         # only runs up to there: a run nobody could look at (the bot down, SSH refused) is not stalled.
         self.last_read: float | None = None
+        # A teardown decision the database has not recorded yet (it refused the write): retried at
+        # every poll until it holds; a destroy is sent to Vast meanwhile all the same.
+        self.pending_decision: tuple[str, str, Any] | None = None
+        # A teardown under way in this process: why, by whom, the last destroy sent, and whether
+        # Vast's list has confirmed the instance gone (then only the records remain to be written).
+        self.destroy_reason: str | None = None
+        self.destroy_by: str | None = None
+        self.destroy_resent_at: float | None = None
+        self.confirmed_gone = False
 
     def reached(self, milestone: Milestone) -> bool:
         return milestone.value in self.memory.milestones

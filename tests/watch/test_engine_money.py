@@ -16,6 +16,7 @@ from bot.db.models import ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.vast.client import NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
+from bot.watch.cost import rental_cost
 from bot.watch.engine import EV_DECISION, EV_FINDING, EV_PROPOSAL, EV_RECEIPT, EV_STATE, WatchEngine, WatchPolicy
 from bot.watch.redact import Redactor
 from tests.watch.test_engine import POLL, Rig, ev, kinds, make_rig
@@ -161,7 +162,7 @@ async def test_declining_a_stall_teardown_leaves_the_dollar_cap_on(rig: Rig) -> 
     # Then the money runs out: the cap must still propose a teardown.
     current = await rig.store.get_rental(rental.id)
     assert current is not None and current.dph_total and current.started_at
-    spent = current.dph_total * (rig.clock.now() - current.started_at) / 3600
+    spent = rental_cost(current, rig.clock.now())
     rig.engine.policy.rental_dollar_cap = spent + current.dph_total * 2 * POLL / 3600
     await rig.poll(4)
     events = await rig.events(rental.id)
@@ -254,6 +255,8 @@ async def test_a_rate_change_is_billed_from_when_it_was_seen_not_over_the_whole_
     [receipt] = kinds(await rig.events(rental.id), EV_RECEIPT)
     before, after = changed_at - current.started_at, rig.clock.now() - changed_at
     expected = (first_rate * before + first_rate * 10 * after) / 3600
+    # The GPU part bills only while running (Vast's rule): not during the boot before the change.
+    expected -= (before - rig.sim.running_seconds(iid, changed_at)) * (current.dph_base or 0.0) / 3600
     # Within one poll of the change (it is seen at the next poll), not ten times the first ten minutes.
     assert expected - first_rate * 10 * POLL / 3600 - 1e-6 <= receipt["cost_usd"] <= expected + 1e-6
     assert receipt["dph"] == first_rate * 10
