@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from bot.db.models import Event, Rental, RentalState
-from bot.sim.demo import TerminalNotifier, compact, describe_event, run_demo, summary_table
+from bot.rehearsal.demo import run_demo, summary_table
+from bot.rehearsal.terminal import TerminalNotifier, compact, describe_event
 from bot.sim.scenarios import scenario_names
 from bot.watch import engine
-from tests.sim.conftest import Outcome
+from tests.rehearsal.helpers import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = [getattr(engine, name) for name in dir(engine) if name.startswith("EV_")]
