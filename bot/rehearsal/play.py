@@ -181,7 +181,9 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
         horizon += settings.proposal_timeout  # a proposal nobody answers is carried out at expiry
     ready_for = scenario.run_for if scenario.run_for is not None else 2 * poll
     ready_since: float | None = None
+    polled: list[float] = []  # clock time at the start of each poll, to tell drift from the bot
     while True:
+        polled.append(stage.clock.now())
         await engine.tick()
         rental = await store.get_rental(rental_id)
         now = stage.clock.now()
@@ -196,6 +198,9 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
             break
         # As the bot's engine loop does: the next poll starts one interval after this one ended.
         await driver.wait(poll)
+    # Measured from the same start as the events (the engine may correct started_at while polling).
+    last = await store.get_rental(rental_id) or result.rental
+    result.poll_times = [_since(last, t) for t in polled]
 
 
 async def _finish(engine: Any, store: Any, stage: RehearsalStage, result: RunResult) -> None:

@@ -14,6 +14,7 @@ from bot.db.models import Event, Rental
 from bot.sim.scenarios import Scenario
 
 SEVERITY_RANK = {"info": 0, "warn": 1, "error": 2, "fatal": 3}
+DRIFT = "clock drift"  # how a mismatch caused by late polls, not by the bot, is named
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunResult:
     billing_stopped: bool | None = None  # the simulator bills nothing more after the teardown
     sim_calls: dict[str, int] = field(default_factory=dict)  # API requests the simulator served
     workdir: Path | None = None  # the stage's temporary directory (removed when the run ends)
+    poll_times: list[float] = field(default_factory=list)  # when each engine poll started
 
     @property
     def baseline_dph(self) -> float:
@@ -59,13 +61,34 @@ class RunResult:
 
     @property
     def ratio(self) -> float | None:
-        return self.baseline_usd / self.spent if self.spent > 0 else None
+        """What the audit's approach would have cost over what the bot spent, for a failure only:
+        a run that reached ready saved nothing (its user keeps it, with or without the bot)."""
+        if self.verdict != "failed" or self.spent <= 0:
+            return None
+        return self.baseline_usd / self.spent
 
     @property
     def signal_to_decision(self) -> float | None:
         if self.decision_at is None or self.scenario.expect.signal_at is None:
             return None
         return self.decision_at - self.scenario.expect.signal_at
+
+    def polls_between(self, start: float, end: float) -> int:
+        """How many engine polls started from ``start`` to ``end`` (simulated seconds since create)."""
+        return sum(1 for t in self.poll_times if start - 1e-6 <= t <= end + 1e-6)
+
+    def drifted(self, *, tolerance: float | None = None) -> bool:
+        """Whether the teardown came later than ``tolerance`` after the signal only because the polls
+        ran late: the bot decided within as many polls as the tolerance allows, but the clock had
+        moved on further (a fast simulated clock on a busy machine drifts; a FakeClock never does)."""
+        signal, decided = self.scenario.expect.signal_at, self.decision_at
+        if signal is None or decided is None:
+            return False
+        late_ok = self.poll_interval if tolerance is None else tolerance
+        if decided - signal <= late_ok + 1e-6:
+            return False
+        polls = self.polls_between(signal, decided)
+        return 0 < polls and polls * self.poll_interval <= late_ok + 1e-6
 
     def mismatches(self, *, tolerance: float | None = None) -> list[str]:
         """How this run differs from the scenario's expectation (empty when it matches).
@@ -90,8 +113,12 @@ class RunResult:
             if delta < -1e-6:
                 out.append(f"teardown at {self.decision_at:.0f}s, before the signal at {exp.signal_at:.0f}s")
             elif delta > late_ok + 1e-6:
-                out.append(f"teardown at {self.decision_at:.0f}s, {delta:.0f}s after the signal "
-                           f"(allowed {late_ok:.0f}s)")
+                said = f"teardown at {self.decision_at:.0f}s, {delta:.0f}s after the signal (allowed {late_ok:.0f}s)"
+                if self.drifted(tolerance=late_ok):
+                    polls = self.polls_between(exp.signal_at, self.decision_at)
+                    said += (f", yet at poll {polls} after it: the polls ran late ({DRIFT}, not the bot; "
+                             "a lower --speed avoids it)")
+                out.append(said)
         for key, wanted in (("text", exp.finding_contains), ("advice", exp.advice_contains)):
             said = str((self.conclusive or {}).get(key, ""))
             missing = [s for s in wanted if s not in said]
