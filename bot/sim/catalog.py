@@ -55,7 +55,7 @@ def make_offer(
     storage_cost: float = 0.15,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """One offer row with every field a real ``/bundles/`` row carries (see vast-api.md §10.1)."""
+    """One offer row with every field a real ``/bundles/`` row carries (as Vast's search answers)."""
     spec = GPU_SPECS.get(gpu_name, {"gpu_ram": 24000, "compute_cap": 860, "dlperf": 30.0})
     seq = offer_id % 1000
     disk_hour = storage_total_cost(storage_cost, DEFAULT_STORAGE_GB)

@@ -21,7 +21,8 @@ FaultKind = Literal[
 ]
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
 
-# Vast's published per-endpoint thresholds (vast-api.md §1), for ``VastSim(rate_limits=...)``.
+# Vast's published per-endpoint thresholds (its API docs list them per endpoint), for
+# ``VastSim(rate_limits=...)``.
 PUBLISHED_RATE_LIMITS: dict[str, float] = {
     "PUT /api/v0/asks/{id}/": 4.5,
     "GET /api/v1/instances/": 1.0,
