@@ -16,10 +16,17 @@ from typing import Any
 
 from bot.clock import Clock, FakeClock
 from bot.db.models import Event, Rental, RentalState
+from bot.db.store import Store
+from bot.provisioning.preflight import preflight
 from bot.rehearsal.result import RunResult
+from bot.rentals import DecisionResult, Preflight, RentalService
 from bot.settings import Settings
 from bot.sim.scenarios import Scenario
 from bot.sim.stage import SIM_API_KEY, RehearsalStage
+from bot.vast.client import DEFAULT_MIN_SPACING, NO_SPACING, VastClient
+from bot.vast.models import OfferQuery
+from bot.watch.engine import WatchEngine, WatchPolicy
+from bot.watch.redact import Redactor
 
 
 class _Notifier:
@@ -66,12 +73,6 @@ async def play(
     ``fast_api`` (default: with a FakeClock) removes the client's request spacing and the
     simulator's log-upload delay, so no API call sleeps on a clock nobody advances.
     """
-    from bot.db.store import Store
-    from bot.rentals import RentalService
-    from bot.vast.client import DEFAULT_MIN_SPACING, NO_SPACING, VastClient
-    from bot.watch.engine import WatchEngine, WatchPolicy
-    from bot.watch.redact import Redactor
-
     fast = isinstance(clock, FakeClock) if fast_api is None else fast_api
     wall0 = time.monotonic()
     stage = RehearsalStage(scenario, clock, workdir=workdir, logs_delay=0.0 if fast else 2.0)
@@ -91,9 +92,9 @@ async def play(
         if on_stage is not None:
             await on_stage(stage)
 
-        def service(preflight: Any) -> RentalService:
+        def service(check: Preflight | None) -> RentalService:
             return RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,
-                                 preflight=preflight)
+                                 preflight=check)
 
         rental = await _rent(service, stage, result)
         if rental is not None:
@@ -104,12 +105,8 @@ async def play(
     return result
 
 
-def _preflight_for(stage: RehearsalStage, result: RunResult) -> Any:
+def _preflight_for(stage: RehearsalStage, result: RunResult) -> Preflight:
     """The real preflight, aimed at the stage's gist host, keeping its report for the summary."""
-    try:
-        from bot.provisioning.preflight import preflight
-    except ImportError:
-        return None
 
     async def run(settings: Settings) -> Any:
         report = await preflight(settings, gist_api_base=stage.gist.base_url)
@@ -119,16 +116,14 @@ def _preflight_for(stage: RehearsalStage, result: RunResult) -> Any:
     return run
 
 
-async def _rent(service: Callable[[Any], Any], stage: RehearsalStage, result: RunResult) -> Rental | None:
+async def _rent(service: Callable[[Preflight | None], RentalService], stage: RehearsalStage,
+                result: RunResult) -> Rental | None:
     """Search, request the best offer, approve it as a fake approver; None if nothing was rented.
 
     The approval runs the real preflight, as the Discord bot's does. When the preflight blocks
     (the scenario's script URL is broken), that is recorded and the same request is approved
     once more without it, to rehearse what the instance-side defences do.
     """
-    from bot.rentals import DecisionResult
-    from bot.vast.models import OfferQuery
-
     scenario = stage.scenario
     checked = service(_preflight_for(stage, result))
     offers = await checked.search(checked.query())
@@ -167,7 +162,7 @@ def _since(rental: Rental, ts: float) -> float:
     return ts - (rental.started_at or rental.created_at)
 
 
-async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDriver,
+async def _drive(engine: WatchEngine, store: Store, stage: RehearsalStage, driver: ClockDriver,
                  result: RunResult) -> None:
     scenario = stage.scenario
     assert result.rental is not None
@@ -203,7 +198,7 @@ async def _drive(engine: Any, store: Any, stage: RehearsalStage, driver: ClockDr
     result.poll_times = [_since(last, t) for t in polled]
 
 
-async def _finish(engine: Any, store: Any, stage: RehearsalStage, result: RunResult) -> None:
+async def _finish(engine: WatchEngine, store: Store, stage: RehearsalStage, result: RunResult) -> None:
     assert result.rental is not None
     rental = await store.get_rental(result.rental.id) or result.rental
     events = await store.events_for(rental.id)

@@ -134,11 +134,11 @@ class RunResult:
         if exp.unique_findings:
             seen: set[tuple[str, str]] = set()
             for f in self.findings:
-                key = (str(f.get("category")), str(f.get("text")))
-                if key in seen:
-                    out.append(f"finding posted twice: {key[0]}: {key[1][:80]}")
+                posted = (str(f.get("category")), str(f.get("text")))
+                if posted in seen:
+                    out.append(f"finding posted twice: {posted[0]}: {posted[1][:80]}")
                     break
-                seen.add(key)
+                seen.add(posted)
         if exp.country_not_in and (self.country is None or self.country in exp.country_not_in):
             out.append(f"rented a host in {self.country or 'an unknown country'} ({self.geolocation})")
         return out

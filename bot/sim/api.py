@@ -306,11 +306,9 @@ class VastSim(Fleet):
             rows = filter_instances(everything, filters, order)
         except QueryError as exc:
             return _error(400, exc.code, exc.msg)
-        offset = 0
-        if q.get("after_token"):
-            offset = decode_token(q["after_token"])
-            if offset is None:
-                return _error(400, "invalid_token", "invalid pagination token")
+        offset: int | None = decode_token(q["after_token"]) if q.get("after_token") else 0
+        if offset is None:
+            return _error(400, "invalid_token", "invalid pagination token")
         page = rows[offset : offset + limit]
         next_token = encode_token(offset + limit) if offset + limit < len(rows) else None
         label_counts: dict[str, int] = {}
