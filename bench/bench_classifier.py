@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.provisioning.contract import EVENT_PREFIX
 from bot.watch.analysis import RunAnalysis

@@ -10,7 +10,8 @@
 Everything runs in this one process (fake Discord, simulator, bot), so RSS is an upper bound for
 the bot alone; the delta over the pre-bot baseline is printed too.
 
-Run: .venv/bin/python bench/bench_discord.py [--commands 200] [--rentals 10000] [--watched 100]
+Run from the repository root (the fake Discord lives in tests/):
+.venv/bin/python -m bench.bench_discord [--commands 200] [--rentals 10000] [--watched 100]
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ import argparse
 import asyncio
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import build_bot
 from bot.clock import FakeClock, SystemClock

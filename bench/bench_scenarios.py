@@ -14,9 +14,10 @@ import sys
 import time
 
 from bot.clock import FakeClock
-from bot.sim.demo import DEFAULT_SPEED, outcome_text, run_demo
+from bot.rehearsal.demo import DEFAULT_SPEED, outcome_text, run_demo
+from bot.rehearsal.play import play
+from bot.rehearsal.result import RunResult
 from bot.sim.scenarios import load_all
-from bot.sim.stage import RunResult, play
 
 AUDIT_DAY = 1_770_285_600.0
 

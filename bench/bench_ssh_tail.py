@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bot.clock import SystemClock
 from bot.sim.sshd import SimSshServer, make_client_key
 from bot.watch.ssh import SshEndpoint, SshLogSession

@@ -248,7 +248,7 @@ async def status(settings: Settings, args: argparse.Namespace, out: TextIO = sys
 
 
 async def demo(args: argparse.Namespace) -> int:
-    from bot.sim.demo import run_demo
+    from bot.rehearsal.demo import run_demo
 
     return await run_demo(scenario=args.scenario, speed=args.speed, list_only=args.list)
 

@@ -1,1 +1,4 @@
-"""The built-in Vast.ai simulator: HTTP API (``api``), offer catalogues (``catalog``) and instance SSH (``sshd``)."""
+"""The simulated world the bot can be rehearsed against, built of fakes only: the Vast API
+(``api`` over ``instances``, ``query``, ``faults``), offer catalogues (``catalog``), an SSH server
+per instance (``sshd``), ComfyUI and the script host (``hosts``), scenarios (``scenarios``) and the
+stage that plays them (``stage``). Nothing here runs the bot's own services."""

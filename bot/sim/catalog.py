@@ -27,6 +27,17 @@ def storage_total_cost(storage_cost_per_gb_month: float, disk_gb: float) -> floa
     return storage_cost_per_gb_month * disk_gb / 720.0
 
 
+def priced_offer(offer: dict[str, Any], allocated_gb: float) -> dict[str, Any]:
+    """A copy of ``offer`` priced for ``allocated_gb`` of disk, as a search for that much shows it."""
+    row = dict(offer)
+    disk_hour = storage_total_cost(float(row.get("storage_cost") or 0.0), allocated_gb)
+    base = float(row.get("dph_base") or 0.0)
+    row["storage_total_cost"] = round(disk_hour, 7)
+    row["dph_total"] = round(base + disk_hour, 7)
+    row["search"] = {"gpuCostPerHour": base, "diskHour": round(disk_hour, 7), "totalHour": row["dph_total"]}
+    return row
+
+
 def make_offer(
     offer_id: int,
     gpu_name: str,
@@ -44,7 +55,7 @@ def make_offer(
     storage_cost: float = 0.15,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """One offer row with every field a real ``/bundles/`` row carries (see vast-api.md §10.1)."""
+    """One offer row with every field a real ``/bundles/`` row carries (as Vast's search answers)."""
     spec = GPU_SPECS.get(gpu_name, {"gpu_ram": 24000, "compute_cap": 860, "dlperf": 30.0})
     seq = offer_id % 1000
     disk_hour = storage_total_cost(storage_cost, DEFAULT_STORAGE_GB)

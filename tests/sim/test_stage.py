@@ -16,7 +16,8 @@ from bot.vast.client import NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
 from bot.watch.milestones import parse_event
 from bot.watch.ssh import SshLogSession, SshTransient, endpoint_for
-from tests.sim.conftest import AUDIT_DAY
+
+AUDIT_DAY = 1_770_285_600.0  # 2026-02-05 10:00 UTC, the audit's date
 
 
 def _client(stage: RehearsalStage, clock: FakeClock) -> VastClient:

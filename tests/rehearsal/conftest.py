@@ -7,23 +7,12 @@ HTTP, an asyncssh server per instance, SQLite in a temporary directory.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import pytest
 
-from bot.clock import FakeClock
-from bot.sim.scenarios import load_scenario
-from bot.sim.stage import RunResult, play
+from bot.rehearsal.result import RunResult
+from tests.rehearsal.helpers import Outcome, play_fresh
 
-AUDIT_DAY = 1_770_285_600.0  # 2026-02-05 10:00 UTC, the audit's date
 _PLAYED: dict[str, RunResult] = {}
-
-Outcome = Callable[[str], Awaitable[RunResult]]
-
-
-async def play_fresh(name: str, **kwargs: Any) -> RunResult:
-    return await play(load_scenario(name), FakeClock(start=AUDIT_DAY), **kwargs)
 
 
 @pytest.fixture

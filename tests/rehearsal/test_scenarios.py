@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.sim.scenarios import load_scenario, scenario_names
-from tests.sim.conftest import Outcome, play_fresh
+from tests.rehearsal.helpers import Outcome, play_fresh
 
 ALL = scenario_names()
 STOPPING = [n for n in ALL if load_scenario(n).expect.stop != "none"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from bot.db.models import Event, Rental, RentalState
-from bot.sim.demo import TerminalNotifier, compact, describe_event, run_demo, summary_table
-from bot.sim.scenarios import scenario_names
+from bot.rehearsal.demo import MAX_SPEED, print_banner, run_demo, summary_table
+from bot.rehearsal.terminal import TerminalNotifier, compact, describe_event
+from bot.settings import Settings
+from bot.sim.scenarios import load_all, scenario_names
 from bot.watch import engine
-from tests.sim.conftest import Outcome
+from tests.rehearsal.helpers import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = [getattr(engine, name) for name in dir(engine) if name.startswith("EV_")]
@@ -81,6 +84,79 @@ async def test_summary_table_has_a_row_per_scenario_and_counts_mismatches(outcom
     out = io.StringIO()
     assert summary_table([wrong], out) == 1
     assert "MISMATCH script-404: verdict ready, expected failed" in out.getvalue()
+
+
+def _table(text: str) -> dict[str, dict[str, str]]:
+    """The summary table's rows by scenario, each as {column header: cell}."""
+    head, *lines = text.splitlines()
+    names = re.split(r"\s{2,}", head.strip())
+    starts: list[int] = []
+    for name in names:
+        starts.append(head.index(name, starts[-1] + 1 if starts else 0))
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines:
+        if not line.strip():
+            break
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows[cells[0]] = dict(zip(names, cells, strict=True))
+    return rows
+
+
+async def test_ratio_is_shown_only_for_failures(outcome: Outcome) -> None:
+    # A run that reached ready saved nothing: its user keeps it, as they would have without the bot.
+    results = [await outcome(n) for n in ("happy", "port-noise-only", "script-404")]
+    out = io.StringIO()
+    summary_table(results, out, tolerance_polls=1)
+    rows = _table(out.getvalue())
+    assert rows["happy"]["RATIO"] == "-" and rows["port-noise-only"]["RATIO"] == "-"
+    assert results[0].ratio is None and results[1].ratio is None
+    assert rows["script-404"]["OUTCOME"].startswith("failed/")
+    assert re.fullmatch(r"\d+x", rows["script-404"]["RATIO"])
+
+
+def test_banner_states_the_bots_real_default_teardown_policy() -> None:
+    default = Settings.model_fields["teardown_policy"].default
+    out = io.StringIO()
+    print_banner(load_all(), 50.0, out)
+    text = out.getvalue()
+    assert f"default teardown policy (TEARDOWN_POLICY) is '{default}'" in text
+    for other in ("destroy", "propose"):
+        if other != default:
+            assert f"default ('{other}')" not in text and f"is '{other}'" not in text
+
+
+async def test_a_speed_beyond_what_runs_correctly_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert await run_demo("script-404", speed=MAX_SPEED * 4, out=out) == 2
+    err = capsys.readouterr().err
+    assert "--speed" in err and f"{MAX_SPEED:g}" in err and out.getvalue() == ""
+
+
+def test_cli_refuses_a_speed_beyond_what_runs_correctly() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bot", "demo", "--scenario", "script-404", "--speed", "1000"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout
+    assert "--speed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_late_teardown_caused_by_clock_drift_is_blamed_on_the_drift(outcome: Outcome) -> None:
+    run = await outcome("script-404")
+    signal = run.scenario.expect.signal_at
+    assert signal is not None and run.poll_times
+    before = [t for t in run.poll_times if t < signal]
+    late = signal + 5 * run.poll_interval
+    # The clock could not keep up: the first poll after the signal came 5 intervals late, and decided.
+    drifted = dataclasses.replace(run, decision_at=late, poll_times=[*before, late])
+    out = io.StringIO()
+    assert summary_table([drifted], out) == 1
+    said = out.getvalue()
+    assert "MISMATCH script-404" in said and "clock drift, not the bot" in said
+    # Polls on time that let the signal pass are the bot's fault, and said so.
+    slow = dataclasses.replace(run, decision_at=late,
+                               poll_times=[*before, *(signal + k * run.poll_interval for k in range(1, 6))])
+    out = io.StringIO()
+    assert summary_table([slow], out) == 1
+    assert "MISMATCH script-404" in out.getvalue() and "drift" not in out.getvalue().split("MISMATCH")[-1]
 
 
 async def test_list_prints_every_scenario() -> None:

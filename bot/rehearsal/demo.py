@@ -10,17 +10,17 @@ scenario's expectation, 1 otherwise.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from bot.clock import ScaledClock
-from bot.db.models import Event, Rental
-from bot.provisioning.contract import EVENT_PREFIX, REQUIRED_FIELDS
+from bot.rehearsal.play import play
+from bot.rehearsal.result import DRIFT, RunResult
+from bot.rehearsal.terminal import TerminalNotifier
+from bot.settings import Settings
 from bot.sim.scenarios import Scenario, ScenarioError, load_all, load_scenario
-from bot.sim.stage import RunResult, play
-from bot.watch.redact import Redactor
+from bot.sim.stage import REHEARSAL_TEARDOWN_POLICY
 
 # Simulated seconds per real second. The longest scenario (SSH never answers) needs ~660
 # simulated seconds, so `--scenario all` ends in ~15 s of wall time even on 2 busy cores.
@@ -29,8 +29,18 @@ DEFAULT_SPEED = 50.0
 # request spacing) plus CPU time x speed, so polls drift later than on a real clock; the demo
 # allows three polls of lateness. The exact one-poll checks run on a FakeClock (tests, bench).
 DEMO_LATENESS_POLLS = 3.0
+# The speeds `--speed` accepts. Below x1 the rehearsal is slower than real time; above x100 a busy
+# machine cannot keep up: at x400 on 2 shared cores four failures were torn down more than three
+# polls after their signal only because the polls ran late (x200 still passed, hence the margin).
+MIN_SPEED = 1.0
+MAX_SPEED = 100.0
 
-_MARK = {"info": "  ", "warn": "! ", "error": "!!", "fatal": "XX"}
+# What each TEARDOWN_POLICY does once the bot judges a run failed.
+POLICY_MEANS = {
+    "destroy": "the instance is destroyed at once",
+    "propose": "a teardown is proposed to the approvers first and carried out when nobody answers "
+               "within PROPOSAL_TIMEOUT",
+}
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -41,108 +51,6 @@ def _usd(value: float | None) -> str:
     if value is None:
         return "-"
     return f"${value:.4f}" if value < 1 else f"${value:.2f}"
-
-
-class TerminalNotifier:
-    """The engine's ``Notifier`` for a terminal: one compact line per event (a finding's advice on
-    a second, indented line), redacted.
-
-    Lines are prefixed with the scenario and the simulated seconds since the instance was
-    created, so concurrent rentals stay readable.
-    """
-
-    def __init__(self, label: str, out: TextIO = sys.stdout, *, redactor: Redactor | None = None,
-                 width: int = 16) -> None:
-        self.label = label
-        self.out = out
-        self.redactor = redactor or Redactor({})
-        self.width = width
-        self.count = 0
-
-    def _print(self, rental: Rental, event: Event, text: str) -> None:
-        start = rental.started_at or rental.created_at
-        t = event.ts - start if rental.started_at is not None else 0.0
-        head, *rest = self.redactor.redact(text).split("\n")
-        prefix = f"[{self.label:<{self.width}} {t:>5.0f}s]"
-        print(f"{prefix} {head}", file=self.out)
-        for more in rest:  # e.g. a finding's advice, indented under it
-            print(f"{'':<{len(prefix)}} {more.strip()}", file=self.out)
-        self.count += 1
-
-    async def notify(self, rental: Rental, event: Event) -> None:
-        text = describe_event(event)
-        if text:
-            self._print(rental, event, text)
-
-
-def compact(text: object) -> str:
-    """One of our ``@@prov`` event lines as ``ev st: key=value, ...`` (other text unchanged)."""
-    line = str(text)
-    head, sep, tail = line.partition(EVENT_PREFIX)
-    if not sep:
-        return line
-    if head:
-        shown = compact(EVENT_PREFIX + tail)
-        return head + (shown if not shown.startswith(EVENT_PREFIX) else "(an event line)")
-    try:
-        body = json.loads(line[len(EVENT_PREFIX):])
-    except ValueError:
-        return line
-    if not isinstance(body, dict):
-        return line
-    extras = ", ".join(f"{k}={v}" for k, v in body.items() if k not in REQUIRED_FIELDS)
-    return f"[{body.get('ev')} {body.get('st')}] {extras}".rstrip()
-
-
-def describe_event(event: Event) -> str | None:
-    """What the channel would show for one engine event, as one line (None: not shown)."""
-    p: dict[str, Any] = event.payload
-    kind = event.kind
-    if kind == "milestone":
-        extra = ""
-        if p.get("url"):
-            extra = f" {p['url']}"
-        elif p.get("confirmed"):
-            extra = f" ({p['confirmed']})"
-        elif p.get("endpoint"):
-            extra = f" ({p['endpoint']})"
-        return f"   milestone {p.get('name')}{extra}  [${p.get('cost_usd', 0):.4f} so far]"
-    if kind == "finding":
-        sev = str(p.get("severity", "info"))
-        line = f" line {p['line']}:" if p.get("line") else ":"
-        out = f"{_MARK.get(sev, '  ')} {sev} {p.get('category')}{line} {compact(p.get('text'))}"
-        if p.get("advice"):
-            out += f"\n     advice: {p['advice']}"
-        return out
-    if kind == "noise_summary":
-        return f"   noise: {p.get('text')}"
-    if kind == "decision":
-        ev = p.get("evidence") or {}
-        return (f"XX decision: {str(p.get('action')).upper()} ({p.get('reason')}) because "
-                f"{ev.get('category')}: {compact(ev.get('text'))[:160]}")
-    if kind == "teardown_proposed":
-        return f"?? teardown proposed ({p.get('reason')}); default '{p.get('default_action')}' on expiry"
-    if kind == "receipt":
-        return (f"$$ receipt: destroyed after {p.get('duration_s'):.0f}s, ${p.get('cost_usd', 0):.4f} "
-                f"at ${p.get('dph') or 0:.3f}/h, verdict {p.get('verdict')} "
-                f"({p.get('reason')}, by {p.get('by')})")
-    if kind == "verdict":
-        cause = p.get("cause") or {}
-        why = f" - cause {cause.get('category')}: {compact(cause.get('text'))[:100]}" if cause else ""
-        return f"== verdict {p.get('verdict')}{why}"
-    if kind == "state":
-        return f"   state {p.get('from')} -> {p.get('to')} ({compact(p.get('reason'))[:120]})"
-    if kind == "approval":
-        status = p.get("status")
-        if status == "pending":
-            return (f"   rent request #{p.get('approval_id')} for offer {p.get('offer_id')} "
-                    f"at ${p.get('quoted_dph', 0):.3f}/h")
-        return f"   rent request #{p.get('approval_id')} {status}" + (f" by {p['by']}" if p.get("by") else "")
-    if kind == "cost":
-        return f"$  cost ${p.get('cost_usd', 0):.2f} after {p.get('elapsed_s', 0):.0f}s"
-    if kind in ("info", "log_rotated"):
-        return f"   {p.get('text')}"
-    return f"   {kind}: {p}"
 
 
 def outcome_text(result: RunResult) -> str:
@@ -182,7 +90,8 @@ def summary_table(results: list[RunResult], out: TextIO, *,
           "AUDIT: the audit's approach on the same run (its collector was blind and waited for a 3,600 s\n"
           "      timeout; a wrong script ran indefinitely, 3,600 s is a floor), at the rented $/h (for\n"
           "      china-cheapest, at the price of the China offer the audit's UA-only filter picks).\n"
-          "      RATIO = AUDIT $ / SPENT.\n"
+          "      RATIO = AUDIT $ / SPENT, for failures only (a run that reached ready saved nothing:\n"
+          "      its user keeps it, with or without the bot).\n"
           f"MATCH: verdict, cause, and spending stopped within {DEMO_LATENESS_POLLS:g} polls of the signal\n"
           "      (polls drift under a fast simulated clock; bench/bench_scenarios.py has exact figures).\n"
           "PREFLIGHT: the check before renting, on the script URL. Where it BLOCKS, nothing would be\n"
@@ -191,6 +100,31 @@ def summary_table(results: list[RunResult], out: TextIO, *,
     for r, wrong in bad:
         print(f"\nMISMATCH {r.scenario.name}: " + "; ".join(wrong), file=out)
     return len(bad)
+
+
+def speed_problem(speed: float) -> str | None:
+    """Why ``speed`` cannot be used for the demo, or None when it can."""
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        return (f"--speed must be between {MIN_SPEED:g} and {MAX_SPEED:g} (got {speed:g}): faster than "
+                f"x{MAX_SPEED:g}, the polls run late on a busy machine and the table would blame the bot")
+    return None
+
+
+def print_banner(scenarios: list[Scenario], speed: float, out: TextIO) -> None:
+    default = str(Settings.model_fields["teardown_policy"].default)
+    used = sorted({str(s.settings.get("teardown_policy", REHEARSAL_TEARDOWN_POLICY)) for s in scenarios})
+    print(f"vastops rehearsal: {len(scenarios)} scenario(s) against the built-in simulator, "
+          f"simulated time x{speed:g}, poll every 15 s (simulated).", file=out)
+    here = " and ".join(f"'{p}'" for p in used)
+    why = "the default" if used == [default] else "so spending stops as soon as the bot decides"
+    print(f"The bot's default teardown policy (TEARDOWN_POLICY) is '{default}': when a run has failed, "
+          f"{POLICY_MEANS.get(default, 'see the README')}. This rehearsal uses {here}, {why}.", file=out)
+
+
+def drift_only(result: RunResult, *, tolerance_polls: float = DEMO_LATENESS_POLLS) -> bool:
+    """Whether the run's only mismatch is a late teardown caused by late polls (clock drift)."""
+    tolerance = tolerance_polls * result.poll_interval
+    return len(result.mismatches(tolerance=tolerance)) == 1 and result.drifted(tolerance=tolerance)
 
 
 def print_scenario_header(scenario: Scenario, out: TextIO) -> None:
@@ -218,7 +152,7 @@ async def run_demo(scenario: str = "all", speed: float | None = None, list_only:
     """Play one scenario or all of them; print the channel's view and the summary table.
 
     Returns 0 when every outcome matches its scenario's expectation, 1 otherwise (and 2 for an
-    unknown scenario name).
+    unknown scenario name or a ``speed`` outside ``MIN_SPEED``..``MAX_SPEED``).
     """
     out = out or sys.stdout
     try:
@@ -231,11 +165,12 @@ async def run_demo(scenario: str = "all", speed: float | None = None, list_only:
         for s in scenarios:
             print(f"{s.name:<{width}}  {s.title}\n{'':<{width}}  audit: {s.audit}", file=out)
         return 0
-    speed = speed or DEFAULT_SPEED
-    print(f"vastops rehearsal: {len(scenarios)} scenario(s) against the built-in simulator, "
-          f"simulated time x{speed:g}, poll every 15 s (simulated).", file=out)
-    print("Teardown policy here is 'destroy' so spending stops at once; the Discord bot's default "
-          "('propose') posts a teardown proposal first and destroys when nobody answers in time.", file=out)
+    speed = DEFAULT_SPEED if speed is None else speed
+    problem = speed_problem(speed)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    print_banner(scenarios, speed, out)
     for s in scenarios:
         print_scenario_header(s, out)
     print(file=out)
@@ -260,6 +195,10 @@ async def run_demo(scenario: str = "all", speed: float | None = None, list_only:
     mismatched = summary_table(ok_results, out) if ok_results else 0
     if mismatched or crashed:
         print(f"\n{mismatched + crashed} scenario(s) did not go as expected.", file=out)
+        drift = [r.scenario.name for r in ok_results if drift_only(r)]
+        if drift and len(drift) == mismatched and not crashed:
+            print(f"Each of them ({', '.join(drift)}) was decided in time by the bot, but its polls ran "
+                  f"late: {DRIFT} at x{speed:g} on this machine, not the bot. Try a lower --speed.", file=out)
         return 1
     print("\nEvery scenario went as expected.", file=out)
     return 0
