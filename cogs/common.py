@@ -65,6 +65,18 @@ def is_approver(approver_role_id: int | None, user: discord.abc.User | discord.M
     return approver_role_id in getattr(user, "_roles", ())
 
 
+def in_our_guild(bot: VastopsBot, interaction: discord.Interaction[Any]) -> bool:
+    """Is this interaction from a member, inside the server the bot serves? Fails closed.
+
+    A DM (or another server the bot was added to) carries a plain User: no member, no roles, and
+    nothing the bot should act on for money.
+    """
+    if not isinstance(interaction.user, discord.Member) or interaction.guild_id is None:
+        return False
+    wanted = bot.settings.discord_guild_id
+    return wanted is None or interaction.guild_id == wanted
+
+
 def user_name(user: discord.abc.User | discord.Member) -> str:
     return getattr(user, "display_name", None) or user.name
 
