@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.durations import format_duration
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
-from cogs.common import answer, in_our_guild, user_name, vbot
+from cogs.common import answer, cooled_down, in_our_guild, user_name, vbot
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -223,8 +223,10 @@ class Rent(commands.Cog):
         disk: app_commands.Range[int, 10, 2000] | None = None,
         excluded_countries: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
+        if not await cooled_down(bot, interaction, "rent"):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             countries = parse_countries(excluded_countries)
         except ValueError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,11 +26,14 @@ from bot.render import (
 from bot.rentals import DecisionResult
 from bot.vast.errors import VastError
 from bot.vast.models import Instance
+from bot.watch.links import displayable
 from cogs.common import (
     answer,
+    cooled_down,
     cost_to_date,
     find_rental,
     is_approver,
+    may_see_links,
     rental_choices,
     rental_progress,
     status_embed,
@@ -119,13 +123,16 @@ def _rentals_that_fit(summary: str, orphans: list[tuple[str, str, bool]],
     return shown
 
 
-def _full_listing(bot: VastopsBot, active: list[Rental], unknown: list[Instance], now: float) -> str:
-    """Every active rental and unknown instance, one plain line each (a file: no markdown, redacted)."""
+def _full_listing(bot: VastopsBot, active: list[Rental], unknown: list[Instance], now: float,
+                  show_links: Callable[[Rental], bool]) -> str:
+    """Every active rental and unknown instance, one plain line each (a file: no markdown, redacted).
+
+    A rental's link only for whom ``show_links`` allows, and only of a trusted shape."""
     lines = [f"Active rentals ({len(active)})"]
     for r in active:
         start = r.started_at or r.created_at
         dph = r.dph_total if r.dph_total is not None else r.quoted_dph
-        url = r.comfyui_url or r.tunnel_url
+        url = (displayable(r.comfyui_url) or displayable(r.tunnel_url)) if show_links(r) else None
         lines.append(f"#{r.id} {r.label} · {r.gpu_name or '?'} x{r.num_gpus or 1} · {r.state.value} · "
                      f"up {format_duration(now - start)} · {money(dph, 3)}/h · {money(cost_to_date(r, now))} so far"
                      f" · requested by {r.requester_name or '?'}" + (f" · {url}" if url else ""))
@@ -145,8 +152,10 @@ class Status(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(rental="one rental in detail (default: all active rentals)")
     async def status(self, interaction: discord.Interaction[Any], rental: str | None = None) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
+        if not await cooled_down(bot, interaction, "status"):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         now = bot.clock.now()
         if rental is not None:
             found = await find_rental(bot, rental)
@@ -154,7 +163,8 @@ class Status(commands.Cog):
                 await answer(interaction,
                              f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
                 return
-            embed = status_embed(bot.render, found, await rental_progress(bot, found), now)
+            show = may_see_links(bot.settings.approver_role_id, interaction.user, found)
+            embed = status_embed(bot.render, found, await rental_progress(bot, found), now, show_links=show)
             await interaction.edit_original_response(embeds=[embed])
             return
 
@@ -175,14 +185,18 @@ class Status(commands.Cog):
             summary += "\nNothing is running. Use /rent to start."
         # Unknown instances first: they bill with nobody watching, and their buttons sit under this message.
         orphans = [(*orphan_line(bot, inst), False) for inst in unknown[:MAX_ORPHAN_BUTTONS]]
-        rows = [(*status_summary_line(bot.render, item, await rental_progress(bot, item), now), False)
+        rows = [(*status_summary_line(bot.render, item, await rental_progress(bot, item), now,
+                                      show_links=may_see_links(bot.settings.approver_role_id, interaction.user,
+                                                               item)), False)
                 for item in active]
         shown = _rentals_that_fit(summary, orphans, rows)
         attachment = None
         if shown < len(rows) or len(orphans) < len(unknown):
             summary += (f"\n📎 Showing {shown} of {len(rows)} rental(s) and {len(orphans)} of {len(unknown)} "
                         "unknown instance(s); the full list is attached.")
-            attachment = Attachment("status.txt", _full_listing(bot, active, unknown, now).encode())
+            listing = _full_listing(bot, active, unknown, now,
+                                    lambda r: may_see_links(bot.settings.approver_role_id, interaction.user, r))
+            attachment = Attachment("status.txt", listing.encode())
         fields = orphans + rows[:shown]
         embed = bot.render.embed(title="vastops status", description=summary, fields=fields,
                                  colour=0xE67E22 if unknown else 0x2ECC71)
