@@ -19,7 +19,7 @@ from bot.clock import Clock
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.settings import Settings
-from bot.vast.client import VastClient, VastCreateOutcomeUnknown
+from bot.vast.client import Priority, VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
 from bot.vast.models import Instance, Offer, OfferQuery
 from bot.watch.engine import EV_APPROVAL, EV_INFO, EV_STATE, LABEL_PREFIX, WatchEngine
@@ -82,7 +82,9 @@ class RentalService:
     def __init__(self, *, store: Store, vast: VastClient, clock: Clock, settings: Settings,
                  engine: WatchEngine, preflight: Preflight | None = None) -> None:
         self.store = store
-        self.vast = vast
+        # Everything here runs for a person's command or click: it queues behind the watcher's
+        # calls to the same endpoint, never in front of them (a destroy stays urgent).
+        self.vast = vast.with_priority(Priority.COMMAND)
         self.clock = clock
         self.settings = settings
         self.engine = engine
