@@ -322,6 +322,6 @@ def is_watched(rental: Rental) -> bool:
 __all__ = [
     "MILESTONE_PATH", "Progress", "answer", "command_cooldown", "cooled_down", "cost_to_date", "find_rental",
     "in_our_guild", "is_approver",
-    "may_see_links", "rental_choices",
+    "may_see_links", "rental_choices", "rental_links",
     "rental_progress", "status_embed", "status_summary_line", "timestamp", "user_name", "vbot",
 ]

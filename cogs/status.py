@@ -32,9 +32,11 @@ from cogs.common import (
     cooled_down,
     cost_to_date,
     find_rental,
+    in_our_guild,
     is_approver,
     may_see_links,
     rental_choices,
+    rental_links,
     rental_progress,
     status_embed,
     status_summary_line,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORPHAN_TEMPLATE = r"vastops:orphan:(?P<instance>\d+)(?P<confirm>:confirm)?"
+LINKS_TEMPLATE = r"vastops:links:(?P<rental>\d{1,18})"
 MAX_RENTAL_FIELDS = 18
 MAX_ORPHAN_BUTTONS = 10
 
@@ -95,6 +98,53 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
             is_approver=approver)
         icon = "✅" if decision.result == DecisionResult.APPROVED else "⚠️"
         await interaction.edit_original_response(content=f"{icon} {bot.render.text(decision.message, 1900)}")
+
+
+class LinksButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=LINKS_TEMPLATE):
+    """"🔗 Links" under a public message about a rental: the links, privately, to whom the policy allows.
+
+    The public message itself never carries them (``may_see_links``): the requester and the
+    approvers get them from here or from /status.
+    """
+
+    def __init__(self, rental_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Links", emoji="🔗", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"vastops:links:{rental_id}"))
+        self.rental_id = rental_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> LinksButton:
+        return cls(int(match["rental"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = vbot(interaction)
+        try:
+            await answer(interaction, await links_text(bot, interaction, self.rental_id))
+        except Exception as exc:
+            await bot.report_interaction_error(interaction, exc)
+
+
+async def links_text(bot: VastopsBot, interaction: discord.Interaction[Any], rental_id: int) -> str:
+    """What the Links button tells the clicker (only ever ephemerally)."""
+    if not in_our_guild(bot, interaction):
+        return "Links are only shown inside the server, to its members."
+    rental = await bot.store.get_rental(rental_id)
+    if rental is None:
+        return f"No rental #{rental_id}."
+    if not may_see_links(bot.settings.approver_role_id, interaction.user, rental):
+        return f"Only the requester of rental #{rental.id} and the approvers see its links."
+    links = rental_links(bot.render, rental)
+    if not links:
+        return f"Rental #{rental.id} has no link yet: it appears once ComfyUI answers."
+    return f"Rental #{rental.id}: " + " · ".join(links)
+
+
+def links_view(rental_id: int) -> discord.ui.View:
+    """A view holding only the Links button (for the public in-place status message)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(LinksButton(rental_id))
+    return view
 
 
 def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:
@@ -218,3 +268,4 @@ class Status(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Status(bot))
+    bot.add_dynamic_items(LinksButton)

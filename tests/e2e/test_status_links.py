@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.db.models import Rental, RentalState
+from cogs.common import rental_progress, status_embed
+from cogs.status import links_view
 from tests.e2e.test_vastops_bot import APPROVER, OUTSIDER, REQUESTER, Stack, _assert_clean, _original, stack
 from tests.fakediscord import FakeDiscord
+from tests.fakediscord.ids import NOTIFY_CHANNEL_ID
 
 COMFY = "http://203.0.113.7:40123"
 TUNNEL = "https://able-baker-charlie-delta.trycloudflare.com"
@@ -62,4 +65,26 @@ async def test_a_link_whose_host_came_from_a_log_line_is_never_shown(fake_discor
         await s.clock.advance(s.settings.command_cooldown + 1)
         detail = await _status_text(s, APPROVER, rental=str(rental.id))
         assert "example.net" not in detail
+        _assert_clean(s)
+
+
+async def test_the_links_button_answers_privately_by_policy(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    """The public status message carries no links; its Links button gives them to requester and approvers."""
+    async with stack(fake_discord, tmp_path) as s:
+        rental = await _ready_rental(s, "vastops-button", comfyui_url=COMFY, tunnel_url=TUNNEL)
+        channel = s.bot.get_partial_messageable(NOTIFY_CHANNEL_ID)
+        progress = await rental_progress(s.bot, rental)
+        posted = await channel.send(embed=status_embed(s.bot.render, rental, progress, s.clock.now()),
+                                    view=links_view(rental.id))
+        public = s.fake.message(posted.id)
+        assert COMFY not in public.text() and TUNNEL not in public.text()
+        [custom_id] = public.custom_ids()
+        answers = {}
+        for user in (REQUESTER, APPROVER, OUTSIDER):
+            click = await s.fake.click(posted.id, custom_id, user_id=user)
+            body = await click.response()
+            assert body["type"] == 4 and body["data"]["flags"] & 64, body
+            answers[user] = body["data"]["content"]
+        assert COMFY in answers[REQUESTER] and TUNNEL in answers[APPROVER]
+        assert COMFY not in answers[OUTSIDER] and "Only the requester" in answers[OUTSIDER]
         _assert_clean(s)
