@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from bot.clock import Clock
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.settings import Settings
-from bot.vast.client import VastClient, VastCreateOutcomeUnknown
+from bot.vast.client import Priority, VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
 from bot.vast.models import Instance, Offer, OfferQuery
 from bot.watch.engine import WatchEngine
@@ -27,6 +29,7 @@ from bot.watch.reconcile import LABEL_PREFIX
 log = logging.getLogger(__name__)
 
 Preflight = Callable[[Settings], Awaitable[Any]]
+AVOID_WINDOW = 7 * 86400.0  # a machine that failed a rental is not offered again for a week
 
 
 class _RolledBack(Exception):
@@ -44,6 +47,7 @@ class DecisionResult(StrEnum):
     SELF_APPROVAL_TOO_DEAR = "self_approval_too_dear"
     REQUOTED = "requoted"
     OFFER_GONE = "offer_gone"
+    REFUSED = "refused"  # the offer now breaks a hard limit of the request (cap, reliability, country...)
     PREFLIGHT_FAILED = "preflight_failed"
     CREATE_FAILED = "create_failed"
     NOT_FOUND = "not_found"
@@ -80,7 +84,9 @@ class RentalService:
     def __init__(self, *, store: Store, vast: VastClient, clock: Clock, settings: Settings,
                  engine: WatchEngine, preflight: Preflight | None = None) -> None:
         self.store = store
-        self.vast = vast
+        # Everything here runs for a person's command or click: it queues behind the watcher's
+        # calls to the same endpoint, never in front of them (a destroy stays urgent).
+        self.vast = vast.with_priority(Priority.COMMAND)
         self.clock = clock
         self.settings = settings
         self.engine = engine
@@ -102,7 +108,7 @@ class RentalService:
         )
 
     async def search(self, query: OfferQuery) -> list[Offer]:
-        avoid = await self.store.machines_to_avoid(since=self.clock.now() - 7 * 86400)
+        avoid = await self.store.machines_to_avoid(since=self.clock.now() - AVOID_WINDOW)
         if avoid:
             query = query.model_copy(update={"excluded_machines": sorted(set(query.excluded_machines) | set(avoid))})
         return await self.vast.search_offers(query)
@@ -191,15 +197,24 @@ class RentalService:
         quoted = float(approval.payload["quoted_dph"])
         offer_id = int(approval.payload["offer_id"])
         # Re-check the exact offer: gone or dearer means a new quote, never a different machine.
+        # Looked up by id alone, so that an offer which now breaks a limit is told apart from a
+        # gone one; the request's own filters are then applied here, to refuse it.
         try:
+            limits = await self.recheck_limits(rental, offer_id)
             current = await self.vast.search_offers(OfferQuery(
-                offer_ids=[offer_id], limit=5, num_gpus=None, disk_gb=self._disk_gb(rental),
-                excluded_countries=self.settings.excluded_countries))
+                offer_ids=[offer_id], limit=5, num_gpus=None, disk_gb=self._disk_gb(rental), verified=False,
+                excluded_countries=[]))
         except VastError as exc:
             return Decision(DecisionResult.CREATE_FAILED, approval, rental,
                             f"Could not re-check the offer with Vast ({exc}); nothing was rented. Try again.")
         offer = next((o for o in current if o.id == offer_id), None)
         now = self.clock.now()
+        if approval.expires_at <= now:
+            # It expired while Vast was asked: no re-quote may revive it, whether or not it was swept.
+            return await self._lost(approval.id)
+        breach = limits.rejects(offer) if offer is not None else None
+        if offer is not None and breach is not None:
+            return await self._refuse(approval, rental, user_id=user_id, user_name=user_name, why=breach)
         if offer is None:
             # The offer may be gone because another approver's click just rented it: only the winner
             # of the conditional update may call the request off.
@@ -254,6 +269,48 @@ class RentalService:
         await self.outbox.append(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
                                                      "status": "approved", "by": user_name})
         return await self._create(rental, approval, offer)
+
+    async def recheck_limits(self, rental: Rental, offer_id: int) -> OfferQuery:
+        """Every hard filter the offer must still pass when an approver clicks.
+
+        The original request's filters (the requester's price ceiling, countries, GPU count...)
+        tightened by today's settings: the lower of the two price caps, the higher reliability
+        floor, the union of excluded countries, and the machines that failed since.
+        """
+        stored = rental.request.get("query") if isinstance(rental.request, dict) else None
+        base: OfferQuery | None = None
+        if isinstance(stored, dict):
+            try:
+                base = OfferQuery.model_validate(stored)
+            except ValidationError:
+                log.warning("rental %s: its stored search does not parse; re-checking with the defaults", rental.id)
+        if base is None:
+            base = self.query()
+        caps = [cap for cap in (base.max_dph, self.settings.max_price_per_hour) if cap is not None]
+        avoid = await self.store.machines_to_avoid(since=self.clock.now() - AVOID_WINDOW)
+        return base.model_copy(update={
+            "offer_ids": [offer_id],
+            "max_dph": min(caps),
+            "min_reliability": max(base.min_reliability or 0.0, self.settings.min_reliability),
+            "excluded_countries": sorted(set(base.excluded_countries) | set(self.settings.excluded_countries)),
+            "excluded_machines": sorted(set(base.excluded_machines) | set(avoid)),
+        })
+
+    async def _refuse(self, approval: Approval, rental: Rental, *, user_id: int, user_name: str,
+                      why: str) -> Decision:
+        """Close a request whose offer now breaks a hard limit: never a re-quote one click from renting it."""
+        now = self.clock.now()
+        if not await self.store.decide_approval(approval.id, status=ApprovalStatus.CANCELLED, by_id=user_id,
+                                                by_name=user_name, now=now, note=f"refused: {why}"):
+            return await self._lost(approval.id)
+        await self.store.transition_rental(rental.id, to=RentalState.DENIED, now=now,
+                                           expected=[RentalState.AWAITING_APPROVAL],
+                                           reason=f"refused at approval: {why}")
+        await self.engine.emit(rental, EV_APPROVAL, {"approval_id": approval.id, "kind": "rent",
+                                                     "status": "refused", "reason": why})
+        return Decision(DecisionResult.REFUSED, await self.store.get_approval(approval.id) or approval, rental,
+                        f"The offer no longer meets the request's limits ({why}); nothing was rented. "
+                        "Run /rent again.")
 
     def _disk_gb(self, rental: Rental) -> int:
         """The disk the offer was searched (and priced) with: the price includes storage."""

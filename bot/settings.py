@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     approval_timeout: Duration = 1800.0
     self_approve_max_price: float = Field(default=0.5, ge=0)
 
+    # Commands: per-user cooldown between two runs of /rent, /status or /logs (0 = none)
+    command_cooldown: Duration = 5.0
+
     @field_validator(
         "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
         "notify_channel_id", "approver_role_id", "ssh_key_path", "provision_script_url",
@@ -132,7 +135,7 @@ class Settings(BaseSettings):
     @field_validator(
         "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
         "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
-        "provision_deadline", "proposal_timeout", "approval_timeout", mode="before",
+        "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> float:

@@ -31,7 +31,7 @@ DONE_COLOUR = {ApprovalStatus.APPROVED: 0x2ECC71, ApprovalStatus.DENIED: 0x95A5A
                ApprovalStatus.EXPIRED: 0x2C2F33, ApprovalStatus.CANCELLED: 0x2C2F33}
 # Outcomes that change what the approval message shows (the rest only concern the clicker).
 MESSAGE_CHANGING = {DecisionResult.APPROVED, DecisionResult.DENIED, DecisionResult.REQUOTED,
-                    DecisionResult.OFFER_GONE, DecisionResult.CREATE_FAILED}
+                    DecisionResult.OFFER_GONE, DecisionResult.CREATE_FAILED, DecisionResult.REFUSED}
 
 
 def approval_custom_id(approval_id: int, verdict: str) -> str:

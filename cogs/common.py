@@ -8,17 +8,21 @@ the watcher's in-place status message show.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 
+from bot.cooldown import Cooldown
 from bot.db.models import ACTIVE_STATES, OPEN_STATES, Rental, RentalState
 from bot.durations import format_duration
 from bot.render import CHOICE_NAME_LIMIT, Render, Reply, escape, money, progress_bar, timestamp, truncate
 from bot.watch.cost import CostMeter
+from bot.watch.links import displayable
 from bot.watch.model import Milestone
 
 if TYPE_CHECKING:
@@ -65,6 +69,18 @@ def is_approver(approver_role_id: int | None, user: discord.abc.User | discord.M
     return approver_role_id in getattr(user, "_roles", ())
 
 
+def in_our_guild(bot: VastopsBot, interaction: discord.Interaction[Any]) -> bool:
+    """Is this interaction from a member, inside the server the bot serves? Fails closed.
+
+    A DM (or another server the bot was added to) carries a plain User: no member, no roles, and
+    nothing the bot should act on for money.
+    """
+    if not isinstance(interaction.user, discord.Member) or interaction.guild_id is None:
+        return False
+    wanted = bot.settings.discord_guild_id
+    return wanted is None or interaction.guild_id == wanted
+
+
 def user_name(user: discord.abc.User | discord.Member) -> str:
     return getattr(user, "display_name", None) or user.name
 
@@ -92,6 +108,29 @@ async def answer(interaction: discord.Interaction[Any], text: str | None = None,
             )
     except discord.HTTPException:
         log.warning("could not answer interaction %s", interaction.id, exc_info=True)
+
+
+# ---------------------------------------------------------------- cooldowns
+
+_COOLDOWNS: weakref.WeakKeyDictionary[Any, Cooldown] = weakref.WeakKeyDictionary()
+
+
+def command_cooldown(bot: VastopsBot) -> Cooldown:
+    """The bot's one per-user cooldown book (COMMAND_COOLDOWN), shared by every cog."""
+    cooldown = _COOLDOWNS.get(bot)
+    if cooldown is None:
+        cooldown = _COOLDOWNS[bot] = Cooldown(bot.clock, bot.settings.command_cooldown)
+    return cooldown
+
+
+async def cooled_down(bot: VastopsBot, interaction: discord.Interaction[Any], command: str) -> bool:
+    """Call first in a command: False (and the user is told, privately, when to retry) if they ran
+    ``command`` less than COMMAND_COOLDOWN ago; True, and their cooldown starts, otherwise."""
+    left = command_cooldown(bot).try_start(command, interaction.user.id)
+    if left <= 0:
+        return True
+    await answer(interaction, f"⏳ You ran /{command} a moment ago; try again in {math.ceil(left)} s.")
+    return False
 
 
 # ---------------------------------------------------------------- rental arguments
@@ -178,12 +217,21 @@ def cost_to_date(rental: Rental, now: float) -> float | None:
 
 
 def link(render: Render, label: str, url: str | None) -> str | None:
-    if not url:
+    """A markdown link, only for a URL of a trusted shape (the instance's IP and port, or a quick
+    tunnel's host): a host named in free text (a log line) is never shown, not even as text."""
+    url = displayable(render.redact(url)) if url else None
+    if not url or not _SAFE_URL.match(url):
         return None
-    url = render.redact(url)
-    if _SAFE_URL.match(url):
-        return f"[{label}](<{url}>)"
-    return f"{label}: {render.inline(url, 120)}"
+    return f"[{label}](<{url}>)"
+
+
+def may_see_links(approver_role_id: int | None, user: discord.abc.User | discord.Member, rental: Rental) -> bool:
+    """The link policy: a rental's ComfyUI and tunnel links are for its requester and the approvers.
+
+    Everyone else in the server sees the rental's row (state, progress, cost) without them: the
+    links open a ComfyUI that can run arbitrary workflows on a machine the team pays for.
+    """
+    return rental.requester_id == user.id or is_approver(approver_role_id, user)
 
 
 def rental_links(render: Render, rental: Rental) -> list[str]:
@@ -205,8 +253,13 @@ def status_title(rental: Rental) -> str:
     return f"{badge} Rental #{rental.id} · {gpu} · {rental.state.value.replace('_', ' ')}"
 
 
-def status_embed(render: Render, rental: Rental, progress: Progress, now: float) -> discord.Embed:
-    """The one in-place status message of a rental (and ``/status rental``)."""
+def status_embed(render: Render, rental: Rental, progress: Progress, now: float, *,
+                 show_links: bool = False) -> discord.Embed:
+    """The one in-place status message of a rental (and ``/status rental``).
+
+    Links only with ``show_links``: the in-place message is public, so it never carries them (see
+    ``may_see_links``); ``/status`` passes True for the requester and the approvers.
+    """
     start = rental.started_at or rental.created_at
     end = rental.ended_at if rental.is_terminal and rental.ended_at else now
     dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
@@ -217,7 +270,7 @@ def status_embed(render: Render, rental: Rental, progress: Progress, now: float)
         f"⏱ {'ran' if rental.is_terminal else 'up'} {format_duration(end - start)}"
         f" · 💵 {money(dph, 3)}/h · {money(cost)} so far",
     ]
-    links = rental_links(render, rental)
+    links = rental_links(render, rental) if show_links else []
     if links:
         lines.append("🔗 " + " · ".join(links))
     extras = [m.value.replace("_", " ") for m in EXTRA_MILESTONES if m.value in progress.milestones]
@@ -245,8 +298,9 @@ def status_embed(render: Render, rental: Rental, progress: Progress, now: float)
     )
 
 
-def status_summary_line(render: Render, rental: Rental, progress: Progress, now: float) -> tuple[str, str]:
-    """One embed field (name, value) per rental for the ``/status`` overview."""
+def status_summary_line(render: Render, rental: Rental, progress: Progress, now: float, *,
+                        show_links: bool = False) -> tuple[str, str]:
+    """One embed field (name, value) per rental for the ``/status`` overview (links as ``status_embed``)."""
     start = rental.started_at or rental.created_at
     dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
     value = [
@@ -255,7 +309,7 @@ def status_summary_line(render: Render, rental: Rental, progress: Progress, now:
         f"⏱ up {format_duration(now - start)} · {money(dph, 3)}/h · "
         f"{money(cost_to_date(rental, now))} so far",
     ]
-    links = rental_links(render, rental)
+    links = rental_links(render, rental) if show_links else []
     if links:
         value.append("🔗 " + " · ".join(links))
     return status_title(rental), "\n".join(value)
@@ -266,6 +320,8 @@ def is_watched(rental: Rental) -> bool:
 
 
 __all__ = [
-    "MILESTONE_PATH", "Progress", "answer", "cost_to_date", "find_rental", "is_approver", "rental_choices",
+    "MILESTONE_PATH", "Progress", "answer", "command_cooldown", "cooled_down", "cost_to_date", "find_rental",
+    "in_our_guild", "is_approver",
+    "may_see_links", "rental_choices", "rental_links",
     "rental_progress", "status_embed", "status_summary_line", "timestamp", "user_name", "vbot",
 ]

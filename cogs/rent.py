@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.durations import format_duration
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
-from cogs.common import answer, user_name, vbot
+from cogs.common import answer, cooled_down, in_our_guild, user_name, vbot
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -32,8 +32,10 @@ KNOWN_GPUS: tuple[str, ...] = (
 OFFERS_SHOWN = 10
 CHECK_ICON = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
 PICK_TIMEOUT = 600.0  # an older list is refused at the pick: its preflight checks are stale
+PICK_CLOCK_SKEW = 60.0  # an ``issued`` further ahead than this was not written by this bot's clock
+MAX_OWN_COUNTRIES = 18  # what fits in the pick's custom_id (100 characters) as two letters each
 PICK_TEMPLATE = (r"vastops:pick:(?P<user>\d{1,20}):(?P<issued>\d{1,12}):(?P<gpus>\d{1,2}):(?P<disk>\d{1,5})"
-                 r":(?P<max>\d{1,7})")
+                 r":(?P<max>\d{1,7})(?::(?P<countries>(?:[A-Z]{2}){1," + str(MAX_OWN_COUNTRIES) + r"}))?")
 
 
 @dataclass
@@ -97,10 +99,18 @@ def offer_option(render: Render, index: int, offer: Offer) -> discord.SelectOpti
                                 description=render.plain(desc, SELECT_OPTION_LIMIT))
 
 
-def pick_custom_id(user_id: int, issued: int, num_gpus: int, disk_gb: int, max_milli: int) -> str:
+def pick_custom_id(user_id: int, issued: int, num_gpus: int, disk_gb: int, max_milli: int,
+                   countries: list[str] | None = None) -> str:
     """What the pick must know without memory: who may pick, when the list was shown, and the search's
-    GPU count, disk and $/h ceiling (in thousandths) to re-check the offer with. Never user text."""
-    return f"vastops:pick:{user_id}:{issued}:{num_gpus}:{disk_gb}:{max_milli}"
+    GPU count, disk, $/h ceiling (in thousandths) and the requester's own excluded countries (two
+    validated letters each) to re-check the offer with. Never free user text."""
+    tail = ":" + "".join(countries) if countries else ""
+    return f"vastops:pick:{user_id}:{issued}:{num_gpus}:{disk_gb}:{max_milli}{tail}"
+
+
+def own_countries(query: OfferQuery, settings_countries: list[str]) -> list[str]:
+    """The countries the requester excluded beyond the bot's own list (those are re-applied anyway)."""
+    return [c for c in query.excluded_countries if c not in settings_countries]
 
 
 class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TEMPLATE):
@@ -111,20 +121,22 @@ class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TE
     """
 
     def __init__(self, user_id: int, issued: int, num_gpus: int, disk_gb: int, max_milli: int,
-                 options: list[discord.SelectOption]) -> None:
+                 options: list[discord.SelectOption], countries: list[str] | None = None) -> None:
         super().__init__(discord.ui.Select(
             placeholder="Pick an offer to request", min_values=1, max_values=1, options=options,
-            custom_id=pick_custom_id(user_id, issued, num_gpus, disk_gb, max_milli),
+            custom_id=pick_custom_id(user_id, issued, num_gpus, disk_gb, max_milli, countries),
         ))
         self.user_id, self.issued = user_id, issued
         self.num_gpus, self.disk_gb, self.max_dph = num_gpus, disk_gb, max_milli / 1000
+        self.countries = list(countries or [])
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
                              match: re.Match[str], /) -> OfferPick:
         options = list(getattr(item, "options", []))
+        codes = match["countries"] or ""
         return cls(int(match["user"]), int(match["issued"]), int(match["gpus"]), int(match["disk"]),
-                   int(match["max"]), options)
+                   int(match["max"]), options, [codes[i:i + 2] for i in range(0, len(codes), 2)])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = vbot(interaction)
@@ -134,10 +146,16 @@ class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TE
             await bot.report_interaction_error(interaction, exc, replace_original=True)
 
     async def _pick(self, bot: VastopsBot, interaction: discord.Interaction[Any]) -> None:
+        # Checked at click time, not taken from the custom_id: only a member, in the bot's server,
+        # may post a request (it pings the approver role).
+        if not in_our_guild(bot, interaction):
+            await answer(interaction, "Offers can only be picked in the server, by one of its members.")
+            return
         if interaction.user.id != self.user_id:
             await answer(interaction, "Only the person who ran /rent can pick from this list.")
             return
-        if bot.clock.now() - self.issued > PICK_TIMEOUT:
+        age = bot.clock.now() - self.issued
+        if age > PICK_TIMEOUT or age < -PICK_CLOCK_SKEW:
             await interaction.response.edit_message(content="This offer list expired; run /rent again.",
                                                     embeds=[], view=None)
             return
@@ -148,7 +166,8 @@ class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TE
         offer_id, shown_dph = int(picked[1]), float(picked[2])
         await interaction.response.edit_message(
             content=f"⏳ Checking offer {offer_id} with Vast…", embeds=[], view=None)
-        query = bot.rentals.query(num_gpus=self.num_gpus, max_dph=self.max_dph, disk_gb=self.disk_gb, limit=5)
+        query = bot.rentals.query(num_gpus=self.num_gpus, max_dph=self.max_dph, disk_gb=self.disk_gb, limit=5,
+                                  excluded_countries=self.countries)
         query = query.model_copy(update={"offer_ids": [offer_id]})
         offer = next((o for o in await bot.rentals.search(query) if o.id == offer_id), None)
         if offer is None:
@@ -179,7 +198,8 @@ def offer_picker(bot: VastopsBot, user_id: int, offers: list[Offer], query: Offe
     max_milli = math.ceil(round((query.max_dph or 0) * 1000, 6))  # rounded up: the shown prices stay inside
     view = discord.ui.View(timeout=None)
     view.add_item(OfferPick(user_id, int(bot.clock.now()), query.num_gpus or 1, int(query.disk_gb), max_milli,
-                            [offer_option(bot.render, i + 1, o) for i, o in enumerate(offers)]))
+                            [offer_option(bot.render, i + 1, o) for i, o in enumerate(offers)],
+                            own_countries(query, bot.settings.excluded_countries)))
     return view
 
 
@@ -203,8 +223,10 @@ class Rent(commands.Cog):
         disk: app_commands.Range[int, 10, 2000] | None = None,
         excluded_countries: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
+        if not await cooled_down(bot, interaction, "rent"):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             countries = parse_countries(excluded_countries)
         except ValueError as exc:
@@ -212,6 +234,10 @@ class Rent(commands.Cog):
             return
         query = bot.rentals.query(gpu=gpu, num_gpus=num_gpus, min_vram_gb=min_vram, max_dph=max_price,
                                   disk_gb=disk, excluded_countries=countries, limit=OFFERS_SHOWN)
+        if len(own_countries(query, bot.settings.excluded_countries)) > MAX_OWN_COUNTRIES:
+            await answer(interaction, f"excluded_countries: at most {MAX_OWN_COUNTRIES} countries besides "
+                                      f"the bot's own ({', '.join(bot.settings.excluded_countries) or 'none'}).")
+            return
         offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot))
         offers = offers[:OFFERS_SHOWN]
         r = bot.render

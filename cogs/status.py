@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,12 +26,17 @@ from bot.render import (
 from bot.rentals import DecisionResult
 from bot.vast.errors import VastError
 from bot.vast.models import Instance
+from bot.watch.links import displayable
 from cogs.common import (
     answer,
+    cooled_down,
     cost_to_date,
     find_rental,
+    in_our_guild,
     is_approver,
+    may_see_links,
     rental_choices,
+    rental_links,
     rental_progress,
     status_embed,
     status_summary_line,
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORPHAN_TEMPLATE = r"vastops:orphan:(?P<instance>\d+)(?P<confirm>:confirm)?"
+LINKS_TEMPLATE = r"vastops:links:(?P<rental>\d{1,18})"
 MAX_RENTAL_FIELDS = 18
 MAX_ORPHAN_BUTTONS = 10
 
@@ -93,6 +100,53 @@ class OrphanDestroyButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
         await interaction.edit_original_response(content=f"{icon} {bot.render.text(decision.message, 1900)}")
 
 
+class LinksButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=LINKS_TEMPLATE):
+    """"🔗 Links" under a public message about a rental: the links, privately, to whom the policy allows.
+
+    The public message itself never carries them (``may_see_links``): the requester and the
+    approvers get them from here or from /status.
+    """
+
+    def __init__(self, rental_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Links", emoji="🔗", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"vastops:links:{rental_id}"))
+        self.rental_id = rental_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> LinksButton:
+        return cls(int(match["rental"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = vbot(interaction)
+        try:
+            await answer(interaction, await links_text(bot, interaction, self.rental_id))
+        except Exception as exc:
+            await bot.report_interaction_error(interaction, exc)
+
+
+async def links_text(bot: VastopsBot, interaction: discord.Interaction[Any], rental_id: int) -> str:
+    """What the Links button tells the clicker (only ever ephemerally)."""
+    if not in_our_guild(bot, interaction):
+        return "Links are only shown inside the server, to its members."
+    rental = await bot.store.get_rental(rental_id)
+    if rental is None:
+        return f"No rental #{rental_id}."
+    if not may_see_links(bot.settings.approver_role_id, interaction.user, rental):
+        return f"Only the requester of rental #{rental.id} and the approvers see its links."
+    links = rental_links(bot.render, rental)
+    if not links:
+        return f"Rental #{rental.id} has no link yet: it appears once ComfyUI answers."
+    return f"Rental #{rental.id}: " + " · ".join(links)
+
+
+def links_view(rental_id: int) -> discord.ui.View:
+    """A view holding only the Links button (for the public in-place status message)."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(LinksButton(rental_id))
+    return view
+
+
 def orphan_line(bot: VastopsBot, inst: Instance) -> tuple[str, str]:
     r = bot.render
     name = f"⚠️ Instance {inst.id} · not known to the bot"
@@ -119,13 +173,16 @@ def _rentals_that_fit(summary: str, orphans: list[tuple[str, str, bool]],
     return shown
 
 
-def _full_listing(bot: VastopsBot, active: list[Rental], unknown: list[Instance], now: float) -> str:
-    """Every active rental and unknown instance, one plain line each (a file: no markdown, redacted)."""
+def _full_listing(bot: VastopsBot, active: list[Rental], unknown: list[Instance], now: float,
+                  show_links: Callable[[Rental], bool]) -> str:
+    """Every active rental and unknown instance, one plain line each (a file: no markdown, redacted).
+
+    A rental's link only for whom ``show_links`` allows, and only of a trusted shape."""
     lines = [f"Active rentals ({len(active)})"]
     for r in active:
         start = r.started_at or r.created_at
         dph = r.dph_total if r.dph_total is not None else r.quoted_dph
-        url = r.comfyui_url or r.tunnel_url
+        url = (displayable(r.comfyui_url) or displayable(r.tunnel_url)) if show_links(r) else None
         lines.append(f"#{r.id} {r.label} · {r.gpu_name or '?'} x{r.num_gpus or 1} · {r.state.value} · "
                      f"up {format_duration(now - start)} · {money(dph, 3)}/h · {money(cost_to_date(r, now))} so far"
                      f" · requested by {r.requester_name or '?'}" + (f" · {url}" if url else ""))
@@ -145,8 +202,10 @@ class Status(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(rental="one rental in detail (default: all active rentals)")
     async def status(self, interaction: discord.Interaction[Any], rental: str | None = None) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
+        if not await cooled_down(bot, interaction, "status"):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         now = bot.clock.now()
         if rental is not None:
             found = await find_rental(bot, rental)
@@ -154,7 +213,8 @@ class Status(commands.Cog):
                 await answer(interaction,
                              f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
                 return
-            embed = status_embed(bot.render, found, await rental_progress(bot, found), now)
+            show = may_see_links(bot.settings.approver_role_id, interaction.user, found)
+            embed = status_embed(bot.render, found, await rental_progress(bot, found), now, show_links=show)
             await interaction.edit_original_response(embeds=[embed])
             return
 
@@ -175,14 +235,18 @@ class Status(commands.Cog):
             summary += "\nNothing is running. Use /rent to start."
         # Unknown instances first: they bill with nobody watching, and their buttons sit under this message.
         orphans = [(*orphan_line(bot, inst), False) for inst in unknown[:MAX_ORPHAN_BUTTONS]]
-        rows = [(*status_summary_line(bot.render, item, await rental_progress(bot, item), now), False)
+        rows = [(*status_summary_line(bot.render, item, await rental_progress(bot, item), now,
+                                      show_links=may_see_links(bot.settings.approver_role_id, interaction.user,
+                                                               item)), False)
                 for item in active]
         shown = _rentals_that_fit(summary, orphans, rows)
         attachment = None
         if shown < len(rows) or len(orphans) < len(unknown):
             summary += (f"\n📎 Showing {shown} of {len(rows)} rental(s) and {len(orphans)} of {len(unknown)} "
                         "unknown instance(s); the full list is attached.")
-            attachment = Attachment("status.txt", _full_listing(bot, active, unknown, now).encode())
+            listing = _full_listing(bot, active, unknown, now,
+                                    lambda r: may_see_links(bot.settings.approver_role_id, interaction.user, r))
+            attachment = Attachment("status.txt", listing.encode())
         fields = orphans + rows[:shown]
         embed = bot.render.embed(title="vastops status", description=summary, fields=fields,
                                  colour=0xE67E22 if unknown else 0x2ECC71)
@@ -204,3 +268,4 @@ class Status(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Status(bot))
+    bot.add_dynamic_items(LinksButton)

@@ -1,5 +1,10 @@
 """Async Vast.ai REST client: one httpx client, bearer auth, bounded retries, per-endpoint spacing.
 
+Calls to one endpoint take turns ``min_spacing`` seconds apart (Vast limits each endpoint per key).
+The turn goes to the most urgent caller first: the watch loop (``Priority.WATCH``, the default)
+before slash commands and buttons, which use ``with_priority(Priority.COMMAND)``; a destroy is
+always urgent. So a burst of commands queues behind the watcher's poll instead of in front of it.
+
 Every wait (retry backoff, endpoint spacing, log and destroy polling) goes through the injected
 ``Clock`` so tests and the demo run in simulated time. The API key only ever travels in the
 ``Authorization`` header of requests to ``base_url``; it is never put in a URL, a log line or an
@@ -9,11 +14,15 @@ error message.
 from __future__ import annotations
 
 import asyncio
+import copy
+import heapq
+import itertools
 import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from enum import IntEnum
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -70,6 +79,56 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 MAX_LABEL = 256
 
 Policy = Literal["idempotent", "create"]
+
+
+class Priority(IntEnum):
+    """Who goes first when several calls wait for the same endpoint (lower goes first)."""
+
+    WATCH = 0  # the watch loop: polls, label look-ups, log fallbacks, destroys
+    COMMAND = 1  # slash commands and buttons: a person waits, but no safeguard does
+
+
+class _Turns:
+    """One endpoint's turns: one call at a time, the most urgent waiter first, then first come."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.last_done: float | None = None
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def ticket(self) -> int:
+        return next(self._order)
+
+    async def take(self, priority: int, ticket: int) -> None:
+        """Wait for the turn (at once if nobody has it)."""
+        if not self.busy and not self._waiting:
+            self.busy = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (priority, ticket, fut)
+        heapq.heappush(self._waiting, entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give()  # handed the turn just as it was cancelled: pass it on
+            elif entry in self._waiting:
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
+            raise
+
+    def give(self) -> None:
+        """Hand the turn to the most urgent waiter, or free it."""
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.busy = False
+
+    def more_urgent_than(self, priority: int) -> bool:
+        return any(p < priority and not fut.done() for p, _, fut in self._waiting)
 
 
 class VastCreateOutcomeUnknown(VastTransportError):
@@ -142,8 +201,8 @@ class VastClient:
         self._reconcile_interval = reconcile_interval
         self.min_spacing = self._merge_spacing(min_spacing)
         self.stats: Counter[str] = Counter()
-        self._last_done: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.priority = Priority.WATCH
+        self._turns: dict[str, _Turns] = {}
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -167,6 +226,13 @@ class VastClient:
     @property
     def has_key(self) -> bool:
         return self._api_key is not None
+
+    def with_priority(self, priority: Priority) -> VastClient:
+        """This client for callers of another priority: same connection, same endpoint turns and
+        spacing, same stats; only who goes first differs. Close the original, not the copy."""
+        lane = copy.copy(self)
+        lane.priority = Priority(priority)
+        return lane
 
     # ------------------------------------------------------------------ operations
 
@@ -439,20 +505,35 @@ class VastClient:
         """Hold the endpoint's turn: wait until ``spacing`` seconds after the previous call ended.
 
         Measuring from the end of the previous call keeps the gap at Vast's side at least
-        ``spacing`` whatever the latency; the lock makes concurrent callers queue.
+        ``spacing`` whatever the latency. Concurrent callers queue by priority: a more urgent call
+        that arrives while this one waits out the spacing goes first.
         """
-        lock = self._locks.setdefault(endpoint, asyncio.Lock())
-        async with lock:
-            spacing = self.min_spacing.get(endpoint, self.min_spacing.get("*", 1.0))
-            last = self._last_done.get(endpoint)
-            if spacing > 0 and last is not None:
-                wait = last + spacing - self._clock.now()
-                if wait > 0:
-                    await self._clock.sleep(wait)
-            try:
-                yield
-            finally:
-                self._last_done[endpoint] = self._clock.now()
+        # Stopping spend never waits behind anything but another urgent call.
+        priority = Priority.WATCH if endpoint == DESTROY else self.priority
+        turns = self._turns.setdefault(endpoint, _Turns())
+        ticket = turns.ticket()
+        await turns.take(priority, ticket)
+        held, called = True, False
+        try:
+            while True:
+                spacing = self.min_spacing.get(endpoint, self.min_spacing.get("*", 1.0))
+                if spacing > 0 and turns.last_done is not None:
+                    wait = turns.last_done + spacing - self._clock.now()
+                    if wait > 0:
+                        await self._clock.sleep(wait)
+                if not turns.more_urgent_than(priority):
+                    break
+                held = False
+                turns.give()
+                await turns.take(priority, ticket)
+                held = True
+            called = True
+            yield
+        finally:
+            if called:
+                turns.last_done = self._clock.now()
+            if held:
+                turns.give()
 
     async def _call(
         self,

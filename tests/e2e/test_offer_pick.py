@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.test_vastops_bot import (
     APPROVER,
+    OUTSIDER,
     REQUESTER,
     Stack,
     _assert_clean,
@@ -15,7 +18,7 @@ from tests.e2e.test_vastops_bot import (
     _original,
     stack,
 )
-from tests.fakediscord import FakeDiscord, StoredMessage, start_bot, walk_components
+from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
 from tests.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 
@@ -135,4 +138,75 @@ async def test_pick_that_fails_replaces_the_working_message(fake_discord: FakeDi
         msg = await s.fake.wait_for_message(
             CHANNEL_ID, lambda m: m.id == picker.id and "Vast.ai did not answer" in m.content)
         assert "⏳" not in msg.content and "ref `" in msg.content and "Traceback" not in msg.content
+        _assert_clean(s)
+
+
+# ---------------------------------------------------------------- picks the list never offered
+
+
+async def _forged_pick(s: Stack, picker: StoredMessage, custom_id: str, value: str, *, user_id: int,
+                       guild: bool = True) -> FakeInteraction:
+    """A component interaction the Discord client would not send for this message: a custom_id edited
+    by hand, or a pick from a DM. The bot may only trust what it checks itself at click time."""
+    # The message as the forger's client shows it: the same list, under the edited custom_id.
+    shown = _select(picker)["custom_id"]
+    forged = dataclasses.replace(picker, payload=json.loads(json.dumps(picker.payload).replace(shown, custom_id)))
+    data = {"custom_id": custom_id, "component_type": 3, "values": [value]}
+    inter = s.fake._new_interaction(3, data, user_id=user_id, roles=None, channel_id=None, guild=guild,
+                                    message=forged)
+    await s.fake.dispatch("INTERACTION_CREATE", inter.payload)
+    return inter
+
+
+async def _nothing_requested(s: Stack) -> None:
+    assert not await s.store.list_rentals(limit=5)
+    assert not [m for m in s.notify if any(c.startswith("vastops:approval:") for c in m.custom_ids())]
+
+
+async def test_pick_from_a_dm_is_refused(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    """Outside the server nobody is a member: no request, and above all no ping of the approver role."""
+    async with stack(fake_discord, tmp_path) as s:
+        picker = await _picker(s)
+        select = _select(picker)
+        forged = select["custom_id"].replace(f":{REQUESTER}:", f":{OUTSIDER}:", 1)
+        inter = await _forged_pick(s, picker, forged, select["options"][0]["value"], user_id=OUTSIDER, guild=False)
+        body = await inter.response()
+        assert body["type"] == 4 and body["data"]["flags"] & 64, body
+        assert "server" in body["data"]["content"]
+        await _nothing_requested(s)
+        _assert_clean(s)
+
+
+async def test_pick_with_an_issued_time_in_the_future_is_refused(fake_discord: FakeDiscord,
+                                                                  tmp_path: Path) -> None:
+    """A future ``issued`` would keep a list (and its preflight checks) valid for ever."""
+    async with stack(fake_discord, tmp_path) as s:
+        picker = await _picker(s)
+        select = _select(picker)
+        parts = select["custom_id"].split(":")
+        parts[3] = str(int(parts[3]) + 86_400)
+        inter = await _forged_pick(s, picker, ":".join(parts), select["options"][0]["value"], user_id=REQUESTER)
+        assert (await inter.response())["type"] == 7
+        done = await s.fake.wait_for_message(
+            CHANNEL_ID, lambda m: m.id == picker.id and ("/rent again" in m.content or "waiting for" in m.text()))
+        assert "expired" in done.content and not done.custom_ids()
+        await _nothing_requested(s)
+        _assert_clean(s)
+
+
+async def test_pick_carries_the_requesters_excluded_countries(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    """The request remembers the countries the requester excluded: the approval re-check applies them."""
+    async with stack(fake_discord, tmp_path) as s:
+        picker = await _picker(s, excluded_countries="de, fr")
+        select = _select(picker)
+        assert len(select["custom_id"]) <= 100
+        pick = await s.fake.click(picker.id, select["custom_id"], user_id=REQUESTER,
+                                  values=[select["options"][0]["value"]])
+        assert (await pick.response())["type"] == 7
+        approval_msg = await _approval_posted(s)
+        approval = await s.store.get_approval(int(approval_msg.custom_ids()[0].split(":")[2]))
+        assert approval is not None and approval.rental_id is not None
+        rental = await s.store.get_rental(approval.rental_id)
+        assert rental is not None
+        assert {"DE", "FR"} <= set(rental.request["query"]["excluded_countries"])
         _assert_clean(s)

@@ -76,13 +76,15 @@ async def _open_bot(fake: FakeDiscord, stage: RehearsalStage, clock: FakeClock, 
 
 @contextlib.asynccontextmanager
 async def stack(fake: FakeDiscord, tmp_path: Path, scenario: str = "happy",
-                with_preflight: bool = True) -> AsyncIterator[Stack]:
+                with_preflight: bool = True, **overrides: Any) -> AsyncIterator[Stack]:
     clock = FakeClock()
     stage = RehearsalStage(load_scenario(scenario), clock, workdir=tmp_path / "stage", logs_delay=0.0)
     settings = await stage.start(
         discord_token="fake-token.not.real", discord_guild_id=GUILD_ID, notify_channel_id=NOTIFY_CHANNEL_ID,
         approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
         approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0, proposal_timeout=300,
+        # Most tests run commands back to back; the cooldown's own tests turn it on.
+        **{"command_cooldown": 0, **overrides},
     )
     _members(fake)
     store, vast, bot = await _open_bot(fake, stage, clock, settings, with_preflight=with_preflight)
