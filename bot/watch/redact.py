@@ -151,8 +151,9 @@ _KEY_END = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 # A line that can be part of a key body: base64, blank, or a PEM/PGP armour header.
 _KEY_BODY = re.compile(
     r"\s*+(?:[A-Za-z0-9+/=]++|(?:Proc-Type|DEK-Info|Version|Comment|Hash|Charset|MessageID):[^\n]*+)?\s*+")
-# A window that starts mid-file may start inside a key: leading lines shaped like key body hide.
-_KEY_BODY_STRICT = re.compile(r"[A-Za-z0-9+/]{40,}+={0,2}+")
+# A window that starts mid-file may start inside a key: a first line shaped like key body hides
+# (a long base64 run, or a short one with a digit or +/, as the cut last line of a key often is).
+_KEY_BODY_STRICT = re.compile(r"[A-Za-z0-9+/]{40,}+={0,2}+|(?=[A-Za-z]{0,39}[0-9+/])[A-Za-z0-9+/]{8,39}+={0,2}+")
 
 # Cheap gate on the lower-cased line: a line without any of these cannot match a pattern, so most lines
 # skip the regexes (a test checks the gate never changes a result). Discord bot tokens and AWS key ids
@@ -361,17 +362,20 @@ class RedactStream:
     def __init__(self, redactor: Redactor, *, mid_stream: bool = False) -> None:
         self._redactor = redactor
         self._in_key = False
-        self._at_start = mid_stream  # still in the leading lines of a window that starts mid-file
+        self._at_start = mid_stream  # before the first non-blank line of a window that starts mid-file
 
     def skip_key_start(self) -> None:
         """The lines hidden before this stream's first line ended a key block."""
         self._at_start = False
 
     def line(self, line: str) -> str:
-        if self._at_start:
-            if _KEY_BODY_STRICT.fullmatch(line.strip()):
-                return _mark("private-key")
+        if self._at_start and line.strip():
+            # A mid-file window whose first line looks like key body is taken to start inside a
+            # key: it and the body-shaped lines after it (a short last line too) are hidden.
             self._at_start = False
+            if _KEY_BODY_STRICT.fullmatch(line.strip()):
+                self._in_key = True
+                return _mark("private-key")
         if self._in_key:
             end = _KEY_END.search(line)
             if end is not None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.db import Store
 from bot.watch.classifier import Classifier, load_rules
@@ -130,3 +132,18 @@ async def test_big_windows_are_redacted_off_the_event_loop(store: Store) -> None
     assert tail.lines[-1] == "line 39999 of a long provisioning log" and len(tail.lines) == 5000
     assert threading.get_ident() not in redactor.threads and redactor.threads
     assert log.reads[0][0] == len(data) - 5000 * 256  # the window ends at the watcher's offset
+
+
+LOG = ("Cloning into 'x'...\n" + "\n".join(KEY) + "\nssh-keygen: done\nRequirement already satisfied: torch\n"
+       ).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.integers(min_value=0, max_value=len(LOG)), end=st.integers(min_value=0, max_value=len(LOG)))
+def test_no_window_of_a_log_shows_key_material(start: int, end: int) -> None:
+    # A /logs window starts anywhere (lines x 256 bytes back) and ends where the watcher has read.
+    start, end = min(start, end), max(start, end)
+    out = "\n".join(lines_from_bytes(LOG[start:end], Redactor(), mid_file=start > 0))
+    for body in KEY[1:-1]:
+        for i in range(0, len(body) - 7):
+            assert body[i:i + 8] not in out, (start, end, out)
