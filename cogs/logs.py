@@ -7,6 +7,8 @@ lines come from and how they are cleaned and redacted is ``bot.watch.logtail``'s
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -14,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.db.models import Rental
-from bot.watch.logtail import WatchView, log_tail
+from bot.watch.logtail import THREAD_THRESHOLD, WatchView, log_tail
 from cogs.common import answer, find_rental, is_approver, rental_choices
 
 if TYPE_CHECKING:
@@ -65,7 +67,10 @@ class Logs(commands.Cog):
         if not tail.lines:
             await answer(interaction, bot.render.content(header + "\nNothing to show."))
             return
-        reply = bot.render.long_text("\n".join(tail.lines), header=header, filename=f"rental-{found.id}.log")
+        text = "\n".join(tail.lines)
+        render = functools.partial(bot.render.long_text, text, header=header, filename=f"rental-{found.id}.log")
+        # Rendering redacts the text once more (a safety net): off the event loop when it is big.
+        reply = render() if len(text) < THREAD_THRESHOLD else await asyncio.to_thread(render)
         await interaction.followup.send(**reply.kwargs())
 
     @logs.autocomplete("rental")
