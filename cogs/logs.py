@@ -35,7 +35,7 @@ def watch_view(bot: VastopsBot, rental_id: int) -> WatchView:
     watch = bot.engine.watches.get(rental_id)
     if watch is None:
         return WatchView()
-    tail = watch.memory.to_json().get("fallback_tail")
+    tail = watch.memory.fallback_tail
     return WatchView(reader=watch.session, path=bot.engine.policy.log_path, end=watch.log_offset,
                      fallback_tail=[str(x) for x in tail] if tail else None)
 

@@ -3,23 +3,33 @@ real asyncssh server; who may read a rental's logs, and that nothing secret reac
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bot.clock import FakeClock
 from bot.db.models import RentalState
+from bot.sim.scenarios import load_scenario
+from bot.sim.stage import RehearsalStage
 from tests.e2e.test_vastops_bot import (
     APPROVER,
+    APPROVER_ROLE_ID,
     FAKE_HF_TOKEN,
+    GUILD_ID,
     OUTSIDER,
     REQUESTER,
     Stack,
     _assert_clean,
+    _members,
+    _open_bot,
     _original,
     _request_rental,
     _true,
     stack,
 )
-from tests.fakediscord import FakeDiscord, StoredMessage
+from tests.fakediscord import FakeDiscord, StoredMessage, start_bot
 from tests.fakediscord.ids import NOTIFY_CHANNEL_ID
 
 # Obviously fake key material: 64-character base64-alphabet lines.
@@ -95,4 +105,61 @@ async def test_logs_only_for_the_requester_and_approvers(fake_discord: FakeDisco
             inter = await s.fake.slash("logs", {"rental": str(rental_id), "lines": 20}, user_id=user)
             shown = await _original(s.fake, inter)
             assert shown.ephemeral and "live over SSH" in shown.content
+        _assert_clean(s)
+
+
+@contextlib.asynccontextmanager
+async def _stack_without_ssh(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The happy scenario with an sshd that never listens: the watcher reads the container log."""
+    clock = FakeClock()
+    scenario = dataclasses.replace(load_scenario("happy"), ssh_never=True)
+    stage = RehearsalStage(scenario, clock, workdir=tmp_path / "stage", logs_delay=0.0)
+    settings = await stage.start(
+        discord_token="fake-token.not.real", discord_guild_id=GUILD_ID, notify_channel_id=NOTIFY_CHANNEL_ID,
+        approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
+        approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0, proposal_timeout=300,
+    )
+    _members(fake)
+    store, vast, bot = await _open_bot(fake, stage, clock, settings)
+    try:
+        async with start_bot(bot):
+            yield Stack(fake, clock, stage, settings, store, vast, bot)
+    finally:
+        await vast.aclose()
+        await store.close()
+        await stage.stop()
+
+
+async def test_logs_from_the_container_log_are_cleaned_and_redacted(fake_discord: FakeDiscord,
+                                                                     tmp_path: Path) -> None:
+    async with _stack_without_ssh(fake_discord, tmp_path) as s:
+        approval_msg, approval_id = await _request_rental(s)
+        click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
+        await click.response()
+        await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text())
+        rental = (await s.store.list_rentals(limit=1))[0]
+        split = FAKE_HF_TOKEN[:12] + "\x1b[1;31m" + FAKE_HF_TOKEN[12:] + "\x1b[0m"
+        planted = False
+
+        async def tail_stored() -> bool:
+            nonlocal planted
+            inst = s.stage.instances.get(rental.instance_id or 0)
+            watch = s.bot.engine.watches.get(rental.id)
+            if inst is not None and watch is not None and watch.memory.fallback_tail and not planted:
+                # The container log's last 50 lines start inside a key block.
+                inst.container_lines.extend([*KEY_BLOCK, f"[hf] logging in with {split} now"] + ["x"] * 20)
+                planted = True
+            return watch is not None and any("logging in" in line for line in watch.memory.fallback_tail)
+
+        await s.drive(tail_stored, polls=60)
+        watch = s.bot.engine.watches[rental.id]
+        assert watch.session is None and watch.memory.fallback  # the container-log fallback is what is tested
+        inter = await s.fake.slash("logs", {"rental": str(rental.id), "lines": 100}, user_id=REQUESTER)
+        shown = _shown(await _original(s.fake, inter))
+        assert "container log via the Vast API" in shown
+        assert not any(body[:16] in shown for body in KEY_BODY)
+        assert "\x1b" not in shown
+        plain = _ANSI.sub("", shown)
+        assert FAKE_HF_TOKEN[:12] not in plain and FAKE_HF_TOKEN[12:] not in plain
+        assert "logging in with «redacted:HF_TOKEN» now" in plain
         _assert_clean(s)
