@@ -40,22 +40,10 @@ SOURCE_CONTAINER = "container log via the Vast API, as last polled (SSH unavaila
 SOURCE_EVENTS = "the bot's recorded events (no live SSH session)"
 
 
-class Chunk(Protocol):
-    data: bytes
-    rotated: bool
-    missing: bool
-
-
 class LogReader(Protocol):
     """What ``/logs`` needs from a live SSH session (``bot.watch.ssh.SshLogSession``)."""
 
     async def read_new(self, path: str, offset: int, *, max_bytes: int = ...) -> Any: ...
-
-
-class EventLike(Protocol):
-    ts: float
-    kind: str
-    payload: dict[str, Any]
 
 
 class EventStore(Protocol):
