@@ -1,7 +1,8 @@
 """Throughput of the log-analysis path on a generated 100k-line realistic provisioning log.
 
 Prints lines/s for the classifier alone, for the full RunAnalysis (redaction + events + milestones +
-classification), and MB/s for LineAssembler (plain lines, and a progress-bar-heavy stream).
+classification), and MB/s for LineAssembler (plain lines, a progress-bar-heavy stream, and over-long
+lines that keep their start and end).
 Run: .venv/bin/python bench/bench_classifier.py   (finishes in a few seconds)
 """
 
@@ -115,16 +116,16 @@ def main() -> None:
         return run
 
     def redact() -> None:
-        redactor = Redactor(secrets)
+        stream = Redactor(secrets).stream()
         for line in lines:
-            redactor.redact_line(line)
+            stream.line(line)
 
     report = [
         ("Classifier.classify_line", best_time(classify(cache=True))),
         ("Classifier, result cache off", best_time(classify(cache=False))),
         ("RunAnalysis.feed_line, with Redactor", best_time(analyse(Redactor(secrets)))),
         ("RunAnalysis.feed_line, no Redactor", best_time(analyse(None))),
-        ("Redactor.redact_line alone", best_time(redact)),
+        ("RedactStream.line alone", best_time(redact)),
     ]
     for label, seconds in report:
         print(f"{label:38} {len(lines) / seconds:>10,.0f} lines/s   ({seconds * 1e6 / len(lines):.2f} us/line)")
@@ -137,6 +138,9 @@ def main() -> None:
     bar = "".join(f"\rflux1-dev.safetensors: {p % 100:3d}%|\x1b[32m#####\x1b[0m     | {p}M/23.8G [00:51<01:07]"
                   for p in range(200))
     _assembler_rate("LineAssembler, CR progress bars", ((bar + "\n") * 500).encode())
+    long_line = " ".join(f"w{i:05d}" for i in range(40_000)) + " ERROR: No space left on device\n"
+    _assembler_rate("LineAssembler, 280 KB lines (cut)", (long_line * 20).encode())
+    print("  (redaction of long single lines, s/MB: bench/bench_redact.py)")
 
 
 def _assembler_rate(label: str, data: bytes) -> None:

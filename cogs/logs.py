@@ -1,16 +1,14 @@
 """/logs: the redacted tail of a rental's provisioning log; long output arrives as a file.
 
-Where the lines come from, best first: the engine's live SSH session (the last bytes of
-``PROVISION_LOG_PATH`` up to what the engine has read); the container log the engine last polled
-through the Vast API when SSH is unusable; otherwise the bot's own recorded events (milestones,
-findings, state changes), which exist for every rental, even destroyed ones.
+Who may read it: the rental's requester and members with the approver role. Anyone else gets a
+private refusal: a log carries the ComfyUI and tunnel links of someone else's instance. Where the
+lines come from and how they are cleaned and redacted is ``bot.watch.logtail``'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from datetime import UTC, datetime
+import functools
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,78 +16,28 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.db.models import Rental
-from bot.watch.engine import EV_DECISION, EV_FINDING, EV_INFO, EV_MILESTONE, EV_RECEIPT, EV_STATE
-from bot.watch.model import Severity
-from cogs.common import answer, find_rental, rental_choices
+from bot.watch.logtail import THREAD_THRESHOLD, WatchView, log_tail
+from cogs.common import answer, find_rental, is_approver, rental_choices
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
 
-log = logging.getLogger(__name__)
 
-BYTES_PER_LINE = 256
-MAX_TAIL_BYTES = 2 << 20
-SSH_READ_TIMEOUT = 15.0
-
-
-def _event_line(ts: float, kind: str, p: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
-    if kind == EV_MILESTONE:
-        text = f"milestone {p.get('name')}" + (f" (log line {p['line']})" if p.get("line") else "")
-    elif kind == EV_FINDING:
-        text = f"{str(p.get('severity', '')).upper()} {p.get('category')}: {p.get('text')}"
-    elif kind == EV_STATE:
-        text = f"state {p.get('from')} -> {p.get('to')}: {p.get('reason') or ''}"
-    elif kind == EV_DECISION:
-        text = f"decision {p.get('action')}: {p.get('reason')}"
-    elif kind == EV_RECEIPT:
-        text = f"destroyed after {p.get('duration_s')}s, ${p.get('cost_usd')}: {p.get('reason')}"
-    else:
-        text = str(p.get("text") or p)
-    return f"{when} {text}"
+def may_read_logs(bot: VastopsBot, rental: Rental, user: discord.abc.User | discord.Member) -> bool:
+    """The access policy: the requester and approvers see a rental's logs and links."""
+    if rental.requester_id is not None and rental.requester_id == user.id:
+        return True
+    return is_approver(bot.settings.approver_role_id, user)
 
 
-async def log_tail(bot: VastopsBot, rental: Rental, lines: int) -> tuple[list[str], str]:
-    """The last ``lines`` lines of the rental's log and a note on where they came from."""
-    watch = bot.engine.watches.get(rental.id)
-    path = bot.engine.policy.log_path
-    session = watch.session if watch is not None else None
-    if watch is not None and session is not None:
-        want = min(lines * BYTES_PER_LINE, MAX_TAIL_BYTES)
-        start = max(0, watch.log_offset - want)
-        try:
-            reading = session.read_new(path, start, max_bytes=want + 65536)
-            chunk = await asyncio.wait_for(reading, SSH_READ_TIMEOUT)
-        except Exception as exc:  # SSH trouble: fall back to what the bot already holds
-            log.info("rental %s: /logs SSH read failed: %r", rental.id, exc)
-        else:
-            if not chunk.missing:
-                text = chunk.data.decode("utf-8", "replace").splitlines()
-                if start > 0 and text and not chunk.rotated:
-                    text = text[1:]  # the first line is probably cut mid-way
-                return text[-lines:], f"live over SSH: {path}"
-    data: dict[str, Any]
-    if watch is not None:
-        data = watch.memory.to_json()
-    else:
-        state = await bot.store.get_watch_state(rental.id)
-        data = state.data if state else {}
-    tail = [str(x) for x in data.get("fallback_tail") or []]
-    if tail:
-        return tail[-lines:], "container log via the Vast API, as last polled (SSH unavailable)"
-    events = await bot.store.events_for(
-        rental.id, kinds=[EV_MILESTONE, EV_FINDING, EV_STATE, EV_INFO, EV_DECISION, EV_RECEIPT])
-    out = [_event_line(e.ts, e.kind, e.payload) for e in events]
-    return out[-lines:], "the bot's recorded events (no live SSH session)"
-
-
-def only_errors(bot: VastopsBot, lines: list[str]) -> list[str]:
-    keep = []
-    for line in lines:
-        found = bot.engine.classifier.classify_line(line)
-        if found is not None and not found.noise and found.severity.rank >= Severity.WARN.rank:
-            keep.append(line)
-    return keep
+def watch_view(bot: VastopsBot, rental_id: int) -> WatchView:
+    """What the watcher holds for the rental now: its live SSH session and its container-log tail."""
+    watch = bot.engine.watches.get(rental_id)
+    if watch is None:
+        return WatchView()
+    tail = watch.memory.fallback_tail
+    return WatchView(reader=watch.session, path=bot.engine.policy.log_path, end=watch.log_offset,
+                     fallback_tail=[str(x) for x in tail] if tail else None)
 
 
 class Logs(commands.Cog):
@@ -108,15 +56,21 @@ class Logs(commands.Cog):
         if found is None:
             await answer(interaction, f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
             return
-        tail, source = await log_tail(bot, found, lines)
-        if errors_only:
-            tail = only_errors(bot, tail)
+        if not may_read_logs(bot, found, interaction.user):
+            await answer(interaction, f"Only the member who requested rental #{found.id} and approvers can "
+                                      "read its logs and links.")
+            return
+        tail = await log_tail(watch_view(bot, found.id), bot.store, found.id, redactor=bot.engine.redactor,
+                              classifier=bot.engine.classifier, lines=lines, errors_only=errors_only)
         header = (f"**Rental #{found.id}** · {bot.render.inline(found.label, 40)} · "
-                  f"{len(tail)} {'problem ' if errors_only else ''}line(s) · {source}")
-        if not tail:
+                  f"{len(tail.lines)} {'problem ' if errors_only else ''}line(s) · {tail.source}")
+        if not tail.lines:
             await answer(interaction, bot.render.content(header + "\nNothing to show."))
             return
-        reply = bot.render.long_text("\n".join(tail), header=header, filename=f"rental-{found.id}.log")
+        text = "\n".join(tail.lines)
+        render = functools.partial(bot.render.long_text, text, header=header, filename=f"rental-{found.id}.log")
+        # Rendering redacts the text once more (a safety net): off the event loop when it is big.
+        reply = render() if len(text) < THREAD_THRESHOLD else await asyncio.to_thread(render)
         await interaction.followup.send(**reply.kwargs())
 
     @logs.autocomplete("rental")

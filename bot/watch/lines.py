@@ -12,6 +12,12 @@ segment is always kept, and an earlier segment is kept only when it reads like a
 classifying (it mentions an error, a failure, a refusal...), at most ``MAX_KEPT_SEGMENTS`` of them.
 A physical line with no visible text yields one empty line, so a log without ``\\r`` numbers its
 lines exactly like ``wc -l`` and an editor do.
+
+An over-long segment keeps its start and its end (pip, tar and tqdm print the error last) with
+``… [N chars cut] …`` between them. Redaction runs after this module, so the cut must not leave a
+piece of a secret readable: the head ends and the tail starts at a space, the whole word that
+straddles either cut is dropped, and the first words of the tail are dropped too, so a value whose
+key name was cut off (``--token VALUE``, ``Authorization: Bearer VALUE``) is not shown without it.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ import re
 
 MAX_LINE_CHARS = 8192
 MAX_KEPT_SEGMENTS = 3
+# Words dropped at the start of a cut line's tail: the longest key-to-value distance the redaction
+# patterns rely on ("Authorization: Bearer VALUE", "password is VALUE") is three words.
+TAIL_CONTEXT_WORDS = 3
+_SPACE = " \t"
 
 # CSI (colours, cursor moves, erase-line), OSC (window titles, hyperlinks; ended by BEL or ST, or
 # cut off by the end of the segment), and the two-character escapes (charset selection, RIS...).
 _ESCAPES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\|$)"
-    r"|\x1b[ -/]*[0-~]"
-    r"|\x9b[0-?]*[ -/]*[@-~]"
+    r"\x1b\[[0-?]*+[ -/]*+[@-~]"
+    r"|\x1b\][^\x07\x1b]*+(?:\x07|\x1b\\|$)"
+    r"|\x1b[ -/]*+[0-~]"
+    r"|\x9b[0-?]*+[ -/]*+[@-~]"
 )
 # Whatever control characters remain (NUL, BEL, backspace, a lone ESC, C1 controls) carry no text.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -68,6 +78,10 @@ class LineAssembler:
         if max_line_chars < 16:
             raise ValueError("max_line_chars must be at least 16")
         self._max = max_line_chars
+        # A segment up to max_line_chars is kept whole: the head holds its first half and the tail
+        # its last half, which join back exactly when nothing was cut.
+        self._head_max = max_line_chars // 2
+        self._tail_max = max_line_chars - self._head_max
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.line_count = 0
         self.pending_bytes = 0  # bytes after the last b"\n": where a restart must resume reading
@@ -118,9 +132,11 @@ class LineAssembler:
 
     # -- internals --------------------------------------------------------------------------------
     def _reset_line(self) -> None:
-        self._seg: list[str] = []
+        self._seg: list[str] = []  # the segment's first characters (up to the head size)
         self._seg_len = 0
-        self._seg_dropped = 0
+        self._seg_dropped = 0  # characters after the head (their last ones are in _tail)
+        self._tail: list[str] = []
+        self._tail_len = 0
         self._last: str | None = None  # last non-blank segment of the current physical line
         self._kept: list[str] = []  # notable earlier segments of the current physical line
 
@@ -136,27 +152,40 @@ class LineAssembler:
                 self._append(seg)
 
     def _append(self, piece: str) -> None:
-        room = self._max - self._seg_len
-        if room <= 0:
-            self._seg_dropped += len(piece)
-            return
-        if len(piece) > room:
-            self._seg_dropped += len(piece) - room
-            piece = piece[:room]
-        self._seg.append(piece)
-        self._seg_len += len(piece)
+        room = self._head_max - self._seg_len
+        if room > 0:
+            self._seg.append(piece[:room])
+            self._seg_len += min(room, len(piece))
+            piece = piece[room:]
+            if not piece:
+                return
+        # Past the head: keep a rolling window of the segment's last characters.
+        self._seg_dropped += len(piece)
+        self._tail.append(piece)
+        self._tail_len += len(piece)
+        if self._tail_len > 2 * self._tail_max:
+            joined = "".join(self._tail)[-self._tail_max:]
+            self._tail = [joined]
+            self._tail_len = len(joined)
 
     def _end_segment(self) -> None:
         if not self._seg:
             return
         raw = self._seg[0] if len(self._seg) == 1 else "".join(self._seg)
-        dropped = self._seg_dropped
+        tail = "".join(self._tail)[-self._tail_max:] if self._tail else ""
+        total = self._seg_len + self._seg_dropped
         self._seg = []
         self._seg_len = 0
         self._seg_dropped = 0
-        text = clean_segment(raw)
-        if dropped:
-            text = f"{text} …[line truncated: {dropped} more chars]"
+        self._tail = []
+        self._tail_len = 0
+        if total <= self._max:
+            text = clean_segment(raw + tail)
+        else:
+            head, end = _safe_head(raw), _safe_tail(tail)
+            cut = total - len(head) - len(end)
+            head, end = clean_segment(head), clean_segment(end)
+            text = (head + " " if head else "") + f"… [{cut} chars cut] …" + (" " + end if end else "")
         if not text.strip():
             return
         previous = self._last
@@ -177,3 +206,20 @@ class LineAssembler:
         self._last = None
         if self._kept:
             self._kept = []
+
+
+def _safe_head(head: str) -> str:
+    """``head`` up to its last space: the word the cut runs through is dropped whole."""
+    cut = max(head.rfind(" "), head.rfind("\t"))
+    return head[:cut] if cut >= 0 else ""
+
+
+def _safe_tail(tail: str) -> str:
+    """``tail`` from after its first word (cut through) and the ``TAIL_CONTEXT_WORDS`` words after it."""
+    pos = 0
+    for _ in range(TAIL_CONTEXT_WORDS + 1):
+        while pos < len(tail) and tail[pos] not in _SPACE:
+            pos += 1
+        while pos < len(tail) and tail[pos] in _SPACE:
+            pos += 1
+    return tail[pos:]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.watch.lines import MAX_KEPT_SEGMENTS, LineAssembler
+from bot.watch.redact import Redactor
 
 
 def feed_all(chunks: list[bytes], **kw: int) -> list[str]:
@@ -132,11 +136,68 @@ def test_multibyte_split_across_chunks() -> None:
     assert feed_all([b"price \xe2", b"\x82", b"\xac\n"]) == ["price €"]
 
 
-def test_overlong_line_is_capped_with_marker() -> None:
-    lines = feed_all([b"x" * 20_000 + b"\nok\n"])
-    assert lines[0].startswith("x" * 8192)
-    assert lines[0].endswith("…[line truncated: 11808 more chars]")
+def test_overlong_line_keeps_its_start_and_its_end() -> None:
+    words = " ".join(f"w{i:05d}" for i in range(4000))  # 27,999 characters
+    lines = feed_all([b"pip install: " + words.encode() + b" ERROR: No space left on device\nok\n"])
+    line = lines[0]
+    assert line.startswith("pip install: w00000 w00001")
+    assert line.endswith("w03999 ERROR: No space left on device")  # where pip, tar and tqdm put the error
+    cut = re.search(r" … \[(\d+) chars cut\] … ", line)
+    assert cut is not None and len(line) <= 8192 + len(cut.group(0))
+    head, tail = line[:cut.start()], line[cut.end():]
+    total = len("pip install: " + words + " ERROR: No space left on device")
+    assert len(head) + int(cut.group(1)) + len(tail) == total
     assert lines[1] == "ok"
+
+
+def test_line_of_exactly_the_cap_is_whole() -> None:
+    line = ("ab " * 3000)[:8192].rstrip()
+    assert feed_all([line.encode() + b"\n"]) == [line]
+
+
+def test_one_giant_word_is_cut_whole() -> None:
+    assert feed_all([b"x" * 20_000 + b"\n"]) == ["… [20000 chars cut] …"]
+
+
+TOKEN = "hf_" + "Qw3rTy7UiOp9AsDfGhJkLzXcVbNm1"  # 34 characters, fake
+
+
+@pytest.mark.parametrize("where", [8192 - 18, 4096 - 18, 4096 - 1, 4096, 20_000 - 4096 - 17, 20_000 - 4096])
+def test_a_word_straddling_a_cut_is_dropped_whole(where: int) -> None:
+    # The defect: a cut at 8,192 characters before redaction left 18 of this token's 34 characters.
+    filler = "a " * 10_000
+    line = filler[:where] + TOKEN + " " + filler[where:]
+    out = feed_all([line.encode() + b"\n"])[0]
+    redacted = Redactor().redact(out)
+    for size in range(6, len(TOKEN) + 1):
+        for start in range(len(TOKEN) - size + 1):
+            assert TOKEN[start:start + size] not in redacted
+
+
+@pytest.mark.parametrize("context", ["--token", "Authorization: Bearer", "password is", "API_KEY:"])
+def test_a_value_whose_key_name_was_cut_is_dropped(context: str) -> None:
+    secret = "Zz9SECRETVALUEzz9"
+    # The tail starts right between the key name and the value.
+    lead = "b " * 9000 + context
+    rest = " " + secret + " then some ordinary words to end the line"
+    line = lead + rest
+    assert len(rest) < 4096 < len(line) - 4096
+    out = feed_all([line.encode() + b"\n"])[0]
+    assert secret not in Redactor().redact(out)
+
+
+words = st.lists(st.text(st.sampled_from("abcXYZ019_-=:/"), min_size=1, max_size=12), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=words, after=words, cap=st.integers(min_value=16, max_value=80))
+def test_no_piece_of_a_known_secret_survives_a_cut(before: list[str], after: list[str], cap: int) -> None:
+    secret = "SECRET0123456789"
+    line = " ".join([*before, secret, *after])
+    out = Redactor({"T": secret}).redact(feed_all([line.encode() + b"\n"], max_line_chars=cap)[0])
+    visible = re.sub(r"«redacted(?::T)?»", "\x00", out)
+    for start in range(len(secret) - 5):
+        assert secret[start:start + 6] not in visible
 
 
 def test_flush_resets_for_reuse() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from urllib.parse import quote, quote_plus
 
@@ -91,6 +92,36 @@ PATTERN_CASES = [
     ("-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXk= -----END OPENSSH PRIVATE KEY----- tail",
      "«redacted:private-key» tail"),
     ("x-header: Bearer abcdefgh12345678", "x-header: Bearer «redacted»"),
+    # Escaped JSON (a JSON document inside a JSON string, as loggers print it).
+    ('{"body": "{\\"api_key\\":\\"fakeKey-123.abc\\",\\"user\\":\\"ann\\"}"}',
+     '{"body": "{\\"api_key\\":«redacted»,\\"user\\":\\"ann\\"}"}'),
+    ('payload {\\"password\\": \\"not-a-real-pw\\"}', 'payload {\\"password\\": «redacted»}'),
+    ('{"password": "fake \\"quoted\\" pw", "next": 1}', '{"password": «redacted», "next": 1}'),
+    # API-key and token headers whatever the value looks like.
+    ("curl -H 'X-Api-Key: fake.Key-Not_Real+1' https://api.example.com", "curl -H 'X-Api-Key: «redacted»' "
+     "https://api.example.com"),
+    ("> X-Auth-Token: FAKEtoken/123", "> X-Auth-Token: «redacted»"),
+    ("Api-Key: NOT-REAL-KEY", "Api-Key: «redacted»"),
+    # Docker's config.json.
+    ('{"auths": {"ghcr.io": {"auth": "ZmFrZXVzZXI6ZmFrZXBhc3N3b3Jk"}}}',
+     '{"auths": {"ghcr.io": {"auth": «redacted»}}}'),
+    # Cookies and session ids.
+    ("Cookie: sessionid=fakesess123; csrftoken=fakecsrf456", "Cookie: sessionid=«redacted»; csrftoken=«redacted»"),
+    ("< Set-Cookie: session=FAKE.session.value; Path=/; HttpOnly",
+     "< Set-Cookie: session=«redacted»; Path=«redacted»; HttpOnly"),
+    ("GET /login?next=/&sessionid=fake0123 200", "GET /login?next=/&sessionid=«redacted» 200"),
+    ("GET /app;jsessionid=FAKE0123ABC", "GET /app;jsessionid=«redacted»"),
+    # Slack, Stripe, AWS key shapes (fake values of the right shape).
+    ("slack xoxb-000000000000-0000000000000-FAKEFAKEFAKEFAKE", "slack «redacted:slack»"),
+    ("hook https://hooks.slack.com/services/T000FAKE/B000FAKE/FAKEFAKEFAKE", "hook https://hooks.slack.com/services/"
+     "«redacted»"),
+    ("stripe sk_live_FAKE0000000000000000 and rk_test_FAKE1111111111111111",
+     "stripe «redacted:stripe» and «redacted:stripe»"),
+    ("aws AKIAFAKEFAKEFAKE0000 ok", "aws «redacted:aws» ok"),
+    ("[default] aws_secret_access_key = FAKE/secret+access/key0", "[default] aws_secret_access_key = «redacted»"),
+    # PGP private-key block inside one text.
+    ("-----BEGIN PGP PRIVATE KEY BLOCK----- lQOYBFake= -----END PGP PRIVATE KEY BLOCK----- ok",
+     "«redacted:private-key» ok"),
 ]
 
 
@@ -121,6 +152,21 @@ def test_stays_readable(line: str) -> None:
     assert Redactor().redact(line) == line
 
 
+def test_base64_of_a_known_token_at_any_alignment() -> None:
+    token = "fake-token-0123456789"
+    r = Redactor({"CIVITAI_TOKEN": token})
+    for prefix in ("", "u:", "us:", "user:"):
+        encoded = base64.b64encode((prefix + token).encode()).decode()
+        out = r.redact(f"Authorization: Basic {encoded}")
+        assert "«redacted" in out
+        assert encoded not in out
+        # Not even through the Basic pattern: the known-value pass finds it inside any text.
+        out = r.redact(f"blob {encoded}=")
+        assert "«redacted:CIVITAI_TOKEN»" in out, (prefix, out)
+    urlsafe = base64.urlsafe_b64encode(("x" + token + "?>").encode()).decode()
+    assert "«redacted:CIVITAI_TOKEN»" in r.redact(f"state={urlsafe}")
+
+
 def test_private_key_block_across_lines() -> None:
     r = Redactor()
     lines = ["before", "-----BEGIN RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEAx8s9", "Zm9vYmFy+/==",
@@ -134,6 +180,61 @@ def test_private_key_block_cut_short_ends_on_non_pem_line() -> None:
     r = Redactor()
     out = [r.redact_line(x) for x in ["-----BEGIN PRIVATE KEY-----", "QUJD", "Cloning into 'x'..."]]
     assert out == ["«redacted:private-key»", "«redacted:private-key»", "Cloning into 'x'..."]
+
+
+def test_pgp_block_across_lines() -> None:
+    lines = ["gpg: exporting", "-----BEGIN PGP PRIVATE KEY BLOCK-----", "Version: GnuPG v2", "",
+             "lQOYBFakeFakeFakeNotARealKey0123456789abcdefABCDEF+/", "=FaKe", "-----END PGP PRIVATE KEY BLOCK-----",
+             "done"]
+    out = Redactor().stream().lines(lines)
+    assert out[0] == "gpg: exporting" and out[-1] == "done"
+    assert out[1:-1] == ["«redacted:private-key»"] * 6
+
+
+FAKE_BODY = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 2
+KEY = ["-----BEGIN RSA PRIVATE KEY-----", *[f"FAKE{i:02d}{FAKE_BODY}" for i in range(8)],
+       "-----END RSA PRIVATE KEY-----"]
+
+
+@pytest.mark.parametrize("cut", range(1, len(KEY)))
+def test_window_starting_inside_a_key_block(cut: int) -> None:
+    window = [*KEY[cut:], "after the key", "-----BEGIN RSA PRIVATE KEY-----", "QUJD", "end."]
+    out = Redactor().redact_lines(window, mid_stream=True)
+    assert out[:len(KEY) - cut] == ["«redacted:private-key»"] * (len(KEY) - cut)
+    assert out[len(KEY) - cut:] == ["after the key", "«redacted:private-key»", "«redacted:private-key»", "end."]
+
+
+def test_window_inside_a_key_block_after_other_lines() -> None:
+    # Lines that are not key body above the END: only the body lines right above it are the key.
+    window = ["Cloning into 'x'...", "done.", *KEY[3:], "after"]
+    out = Redactor().redact_lines(window, mid_stream=True)
+    assert out[0] == "Cloning into 'x'..."
+    assert all(line == "«redacted:private-key»" for line in out[2:-1])
+    assert out[-1] == "after"
+
+
+def test_window_entirely_inside_a_key_block() -> None:
+    out = Redactor().redact_lines(KEY[2:-2], mid_stream=True)
+    assert out == ["«redacted:private-key»"] * len(KEY[2:-2])
+
+
+def test_a_lone_end_inside_one_text_hides_the_body_above_it() -> None:
+    text = "\n".join(["log line", *KEY[4:], "after"])
+    assert Redactor().redact(text) == "log line\n«redacted:private-key»\nafter"
+
+
+def test_text_after_the_end_line_is_still_redacted() -> None:
+    out = Redactor().redact_lines([*KEY[5:-1], KEY[-1] + f" then {HF}"], mid_stream=True)
+    assert out[-1] == "«redacted:private-key» then «redacted:hf»"
+
+
+def test_streams_are_independent() -> None:
+    # One Redactor serves every rental: a key block open in one stream does not hide another's lines.
+    r = Redactor()
+    a, b = r.stream(), r.stream()
+    assert a.line(KEY[0]) == "«redacted:private-key»"
+    assert b.line("Requirement already satisfied: torch") == "Requirement already satisfied: torch"
+    assert a.line(KEY[1]) == "«redacted:private-key»"
 
 
 # -- properties -----------------------------------------------------------------------------------
@@ -168,6 +269,9 @@ fragments = st.sampled_from([
     "-----END RSA PRIVATE KEY-----", "eyJ", "eyJhIjoiMTIzNDU2Nzg5MCIsInQiOiJhYmMifQ", "--token ", "--api-key=",
     "«redacted»", "«redacted:hf»", "«", "»", "ghp_", "sk-", "abcdef0123456789abcdef0123456789", " ", "'", '"',
     "https://x.com/f?sv=1&se=2&sig=3", "web credentials are: a / ", "MTA5ODc2NTQzMjEwOTg3NjU0Mw.GaBcDe.",
+    '\\"api_key\\":\\"', '\\"', "X-Api-Key: ", "Cookie: ", "a=b; ", '"auth": "', "xoxb-", "sk_live_", "AKIA",
+    "FAKEFAKEFAKE0000", "-----BEGIN PGP PRIVATE KEY BLOCK-----", "-----END PGP PRIVATE KEY BLOCK-----", "\n",
+    "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo", "sessionid=", "whsec_",
 ])
 texts = st.lists(st.one_of(fragments, st.text(max_size=8)), max_size=14).map("".join)
 
