@@ -104,6 +104,11 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
     config_failed = config_failed or db_config
 
     _print_checks(lines, out)
+    pin = next((line.fix.removeprefix("set ") for line in lines
+                if line.fix.startswith("set PROVISION_SCRIPT_SHA256=") and settings.provision_script_sha256 is None),
+               None)
+    if pin is not None:
+        print(f"\nNo pin is set for the provisioning script. Add this line to the env file:\n\n{pin}", file=out)
     print_spending(settings, out)
     if config_failed:
         print("\nConfiguration problems found (exit 2).", file=out)

@@ -352,3 +352,25 @@ def test_check_running_reads_the_heartbeat(tmp_path: Path) -> None:
     # The default file sits next to the database.
     default = cli(["check", "--running"], tmp_path, VAST_BACKEND="sim")
     assert str(tmp_path / "db.heartbeat") in default.stdout
+
+
+def test_check_prints_the_exact_pin_line_when_none_is_set(tmp_path: Path) -> None:
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    deploy = ROOT / "deploy"
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(deploy))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/provision.sh"
+        result = cli(["check"], tmp_path, VAST_BACKEND="sim", PROVISION_SCRIPT_URL=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    digest = hashlib.sha256((deploy / "provision.sh").read_bytes()).hexdigest()
+    assert f"\nPROVISION_SCRIPT_SHA256={digest}\n" in result.stdout, result.stdout
