@@ -64,9 +64,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 def _recovery_fix(path: Path) -> str:
     return (f"recover what is readable with `sqlite3 {path} .recover | sqlite3 {path}.recovered` and point "
-            f"DATABASE_PATH at {path}.recovered, or start a new file (move {path} aside): the bot re-finds "
-            "instances it created by their label and destroys them. Run `python -m bot status` first: it "
-            "lists what is still billing on the account")
+            f"DATABASE_PATH at {path}.recovered, or start a new file (move {path} aside): instances the bot "
+            "created carry its label, and `python -m bot status` lists every instance the database does not "
+            "know as untracked (still billing; `python -m bot destroy INSTANCE` removes one)")
 
 
 def _unwritable_fix(where: Path) -> str:

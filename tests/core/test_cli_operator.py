@@ -374,3 +374,16 @@ def test_check_prints_the_exact_pin_line_when_none_is_set(tmp_path: Path) -> Non
         server.server_close()
     digest = hashlib.sha256((deploy / "provision.sh").read_bytes()).hexdigest()
     assert f"\nPROVISION_SCRIPT_SHA256={digest}\n" in result.stdout, result.stdout
+
+
+def test_the_teardown_policy_is_stated_the_same_in_readme_env_example_and_help(tmp_path: Path) -> None:
+    import re
+
+    from bot.__main__ import TEARDOWN_HELP
+
+    def flat(text: str) -> str:
+        return " ".join(re.sub(r"^\s*# ?", "", text, flags=re.M).split())
+
+    assert flat(TEARDOWN_HELP) in flat((ROOT / ".env.example").read_text())
+    assert flat(TEARDOWN_HELP) in flat((ROOT / "README.md").read_text())
+    assert flat(TEARDOWN_HELP) in flat(cli(["run", "--help"], tmp_path).stdout)
