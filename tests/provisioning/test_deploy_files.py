@@ -146,3 +146,10 @@ def test_container_steps_never_change_a_file_after_giving_it_away() -> None:
                 continue
             if words[0] in ("chmod", "chown", "cp", "mv") and given & set(words[1:]):
                 raise AssertionError(f"unprivileged {cmd.strip()!r} on a file already given to the container user")
+
+
+def test_image_health_is_the_watchers_heartbeat() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    match = re.search(r"^HEALTHCHECK .*\\\n\s+CMD (\[.+\])$", text, re.M)
+    assert match is not None, "no HEALTHCHECK"
+    assert json.loads(match.group(1)) == ["python", "-m", "bot", "check", "--running"]
