@@ -324,25 +324,49 @@ class _DiscordLink:
         await self.bot.close()
 
 
-def _install_stop_signals(stop: asyncio.Event) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _install_stop_signals(stop: asyncio.Event) -> bool:
     """SIGTERM (systemd, docker stop) and SIGINT end the bot cleanly instead of killing it mid-write."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+    try:
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not Unix
+        return False
+    return True
+
+
+def _remove_stop_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
 
 
 async def _run(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None,
                retry: RetryPolicy | None = None, rng: random.Random | None = None) -> int:
     """The watcher first, then Discord, retried forever; a heartbeat file after every watch poll."""
+    assert settings.discord_token is not None
+    clock = clock or SystemClock()
+    own_signals = False
+    if stop is None:
+        stop = asyncio.Event()
+        own_signals = _install_stop_signals(stop)
+    _quiet_voice_warnings()
+    try:
+        return await _run_until_stopped(settings, clock, stop, retry, rng)
+    finally:
+        if own_signals:
+            _remove_stop_signals()
+
+
+async def _run_until_stopped(settings: Settings, clock: Clock, stop: asyncio.Event, retry: RetryPolicy | None,
+                             rng: random.Random | None) -> int:
     from bot import health
 
     assert settings.discord_token is not None
-    clock = clock or SystemClock()
-    if stop is None:
-        stop = asyncio.Event()
-        _install_stop_signals(stop)
-    _quiet_voice_warnings()
     store = await Store.open(settings.database_path)
     try:
         async with _vast_backend(settings, clock) as (settings, vast):

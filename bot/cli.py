@@ -695,6 +695,11 @@ async def destroy(settings: Settings, args: argparse.Namespace, out: TextIO = sy
 
     clock = SystemClock()
     user = os.environ.get("USER") or "terminal"
+    if not await asyncio.to_thread(settings.database_path.exists) and not args.target.strip().isdigit():
+        _no_database(settings)
+        return EXIT_CONFIG
+    # The rental service records the teardown and its receipt in the database (created if there
+    # is none yet, when only an instance id was given).
     store = await Store.open(settings.database_path)
     try:
         async with open_vast(settings, clock) as vast:

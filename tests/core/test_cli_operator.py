@@ -198,6 +198,10 @@ async def test_show_and_logs_render_a_rental_as_text_redacted(tmp_path: Path, si
     code, out, err = await acli(["logs", f"#{live}", "--errors"], tmp_path, **env)
     assert code == 0, err
     assert "disk_full" in out and "hf_AAAA" not in out
+    code, out, err = await acli(["show", "vastops-live-1", "--raw"], tmp_path, **env)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["id"] == live and shown["state"] == "provisioning" and shown["instance_id"] == tracked
     code, _, err = await acli(["show", "404"], tmp_path, **env)
     assert code == 2 and "No rental" in err
 
