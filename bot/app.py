@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.clock import Clock, SystemClock
-from bot.db.store import Store, StoreError
+from bot.db.store import DatabasePathError, Store, StoreError
 from bot.render import Render
 from bot.rentals import RentalService
 from bot.settings import ConfigError, Settings
@@ -165,7 +169,11 @@ class VastopsBot(commands.Bot):
 
 
 def run(settings: Settings) -> int:
-    """``python -m bot run``: the bot until interrupted. Returns the process exit code."""
+    """``python -m bot run``: the bot until interrupted (SIGINT/SIGTERM). Returns the process exit code.
+
+    2 = configuration (a missing setting, a refused token, an unusable database): restarting will
+    not help. Discord being unreachable is not an exit: ``_run`` keeps retrying and keeps watching.
+    """
     missing = settings.missing_for("run")
     if missing:
         raise ConfigError([f"{name} is not set: {why}" for name, why in missing])
@@ -174,6 +182,8 @@ def run(settings: Settings) -> int:
         return asyncio.run(_run(settings))
     except KeyboardInterrupt:
         return 0
+    except DatabasePathError as exc:
+        raise ConfigError([exc.operator_message()]) from None
 
 
 async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock: Clock,
@@ -218,24 +228,167 @@ async def _vast_backend(settings: Settings, clock: Clock) -> AsyncIterator[tuple
         yield settings, vast
 
 
-async def _run(settings: Settings) -> int:
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter between Discord connection attempts (forever)."""
+
+    first: float = 2.0
+    cap: float = 300.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        ceiling = min(self.cap, self.first * 2 ** min(failures, 30))
+        # Full spread below the ceiling would sometimes retry at once; half to all of it keeps growth.
+        return ceiling * rng.uniform(0.5, 1.0)
+
+
+def _quiet_voice_warnings() -> None:
+    # This bot never joins voice; discord.py would warn about PyNaCl/davey on every start.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+
+
+class _DiscordLink:
+    """Keeps one bot connected to Discord, replacing it after a failed attempt; the engine is shared.
+
+    discord.py cannot log in twice on one client once ``setup_hook`` ran (extensions are loaded),
+    and a failed ``connect`` may close the client, so each new attempt gets a fresh ``VastopsBot``
+    built around the same store, Vast client, engine and rental service. The engine is never stopped
+    by a retry: rentals stay watched (and torn down) while Discord is away.
+    """
+
+    def __init__(self, bot: VastopsBot, token: str, *, clock: Clock, policy: RetryPolicy,
+                 rng: random.Random) -> None:
+        self.bot = bot
+        self._token = token
+        self._clock = clock
+        self._policy = policy
+        self._rng = rng
+        self.state = "connecting"
+        self.attempts = 0
+
+    def describe(self) -> str:
+        return "connected" if self.bot.is_ready() else self.state
+
+    async def run(self) -> int:
+        failures = 0
+        while True:
+            bot = self.bot
+            self.attempts += 1
+            try:
+                await bot.login(self._token)
+                await bot.connect(reconnect=True)
+                if bot.is_closed():
+                    return 0  # closed on purpose (shutdown)
+                raise ConnectionError("the gateway connection ended")
+            except discord.LoginFailure:
+                log.error("Discord refused DISCORD_TOKEN; reset it in the developer portal (Bot > Reset Token) "
+                          "and set the new one")
+                return 2
+            except discord.PrivilegedIntentsRequired:
+                log.error("Discord refused the gateway intents; this bot needs no privileged one")
+                return 2
+            except discord.ConnectionClosed as exc:
+                if exc.code == 4004:  # authentication failed on the gateway: the same as a refused token
+                    log.error("Discord refused DISCORD_TOKEN on the gateway (close code 4004); reset the token")
+                    return 2
+                error: Exception = exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # network, DNS, 5xx, timeouts, a sync that failed half-way
+                error = exc
+            if bot.ws is not None:
+                failures = 0  # a gateway session had been up: start the backoff from the first step again
+            delay = self._policy.delay(failures, self._rng)
+            failures += 1
+            self.state = f"unreachable ({type(error).__name__}), retry {self.attempts + 1} in {delay:.0f}s"
+            expected = isinstance(error, OSError | aiohttp.ClientError | discord.HTTPException
+                                  | discord.GatewayNotFound | discord.ConnectionClosed | TimeoutError)
+            log.warning("Discord is not reachable (%s: %s); retrying in %.0fs. The watcher keeps running.",
+                        type(error).__name__, error, delay, exc_info=None if expected else error)
+            await self._replace()
+            await self._clock.sleep(delay)
+
+    async def _replace(self) -> None:
+        old = self.bot
+        with contextlib.suppress(Exception):
+            # The Discord side only (commands.Bot.close): VastopsBot.close would also stop the engine.
+            await commands.Bot.close(old)
+        with contextlib.suppress(Exception):
+            await old.notifier.close()
+        new = VastopsBot(settings=old.settings, store=old.store, vast=old.vast, engine=old.engine,
+                         rentals=old.rentals, clock=old.clock, render=old.render, preflight=old.preflight)
+        old.engine.notifier = new.notifier
+        self.bot = new
+        await new.engine.start()  # idempotent; restarts it if a closing client had stopped it
+
+    async def close(self) -> None:
+        await self.bot.close()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _install_stop_signals(stop: asyncio.Event) -> bool:
+    """SIGTERM (systemd, docker stop) and SIGINT end the bot cleanly instead of killing it mid-write."""
+    loop = asyncio.get_running_loop()
+    try:
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not Unix
+        return False
+    return True
+
+
+def _remove_stop_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
+
+
+async def _run(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None,
+               retry: RetryPolicy | None = None, rng: random.Random | None = None) -> int:
+    """The watcher first, then Discord, retried forever; a heartbeat file after every watch poll."""
+    assert settings.discord_token is not None
+    clock = clock or SystemClock()
+    own_signals = False
+    if stop is None:
+        stop = asyncio.Event()
+        own_signals = _install_stop_signals(stop)
+    _quiet_voice_warnings()
+    try:
+        return await _run_until_stopped(settings, clock, stop, retry, rng)
+    finally:
+        if own_signals:
+            _remove_stop_signals()
+
+
+async def _run_until_stopped(settings: Settings, clock: Clock, stop: asyncio.Event, retry: RetryPolicy | None,
+                             rng: random.Random | None) -> int:
+    from bot import health
 
     assert settings.discord_token is not None
-    clock = SystemClock()
     store = await Store.open(settings.database_path)
     try:
         async with _vast_backend(settings, clock) as (settings, vast):
             bot = await build_bot(settings, store=store, vast=vast, clock=clock)
-            async with bot:
-                try:
-                    await bot.start(settings.discord_token.get_secret_value())
-                except discord.LoginFailure:
-                    log.error("Discord refused DISCORD_TOKEN; reset it in the developer portal "
-                              "(Bot > Reset Token)")
-                    return 2
-                except discord.PrivilegedIntentsRequired:
-                    log.error("Discord refused the gateway intents; this bot needs no privileged one")
-                    return 2
+            link = _DiscordLink(bot, settings.discord_token.get_secret_value(), clock=clock,
+                                policy=retry or RetryPolicy(), rng=rng or random.Random())
+            beat = asyncio.create_task(health.beat_while_watching(
+                settings.heartbeat_file, clock, lambda: link.bot.engine.ticks, link.describe,
+                check_every=min(settings.poll_interval, 5.0)), name="heartbeat")
+            # Watching starts before (and does not depend on) the Discord login.
+            await bot.engine.start()
+            connection = asyncio.create_task(link.run(), name="discord-link")
+            stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+            try:
+                await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                code = connection.result() if connection.done() else 0
+            finally:
+                for task in (connection, stopped, beat):
+                    task.cancel()
+                await asyncio.gather(connection, stopped, beat, return_exceptions=True)
+                await link.close()
+            return code
     finally:
         await store.close()
-    return 0

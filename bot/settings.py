@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.durations import parse_duration
@@ -49,6 +49,7 @@ SETTING_HELP: dict[str, str] = {
     "EXCLUDED_COUNTRIES": "comma-separated country codes never rented from",
     "MAX_PRICE_PER_HOUR": "the highest $/h an offer may cost",
     "POLL_INTERVAL": "how often each rental is polled (90s, 10m, 1h or seconds)",
+    "HEARTBEAT_PATH": "the file `run` rewrites after every watch poll and `check --running` reads",
 }
 
 
@@ -79,11 +80,15 @@ class Settings(BaseSettings):
     vast_api_key: SecretStr | None = None
     vast_api_url: str = "https://console.vast.ai"
     vast_backend: Literal["vast", "sim"] = "vast"
+    # Where the Vast key came from, for `check` (not a setting: the CLI fills it in).
+    _key_source: str = PrivateAttr(default="VAST_API_KEY")
     sim_scenario: str = "happy"
 
     # Storage and SSH
     database_path: Path = Path("data/vastops.db")
     ssh_key_path: Path | None = None
+    # Liveness file for monitors; unset = next to the database (vastops.db -> vastops.heartbeat).
+    heartbeat_path: Path | None = None
 
     # Provisioning contract
     provision_script_url: str | None = None
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
-        "notify_channel_id", "approver_role_id", "ssh_key_path", "provision_script_url",
+        "notify_channel_id", "approver_role_id", "ssh_key_path", "heartbeat_path", "provision_script_url",
         "provision_script_sha256", "provision_nodes", "provision_models", "provision_manifest", mode="before",
     )
     @classmethod
@@ -202,6 +207,11 @@ class Settings(BaseSettings):
     def is_sim(self) -> bool:
         return self.vast_backend == "sim"
 
+    @property
+    def heartbeat_file(self) -> Path:
+        """Where `run` writes its heartbeat: HEARTBEAT_PATH, or beside the database."""
+        return self.heartbeat_path or self.database_path.with_suffix(".heartbeat")
+
     def secret_values(self) -> dict[str, str]:
         """Every secret the bot holds, by setting name, for redaction."""
         out: dict[str, str] = {}
@@ -221,6 +231,96 @@ class Settings(BaseSettings):
         if command in ("status",) and not self.is_sim:
             need += ["VAST_API_KEY"]
         return [(n, SETTING_HELP[n]) for n in need if getattr(self, n.lower()) is None]
+
+
+# ---------------------------------------------------------------- operator conveniences
+# The official vastai CLI stores its key here (`vastai set api-key`); reading it lets a vastai user's
+# setup work as is. Only when VAST_API_KEY is set nowhere else.
+VASTAI_KEY_FILE = Path("~/.config/vastai/vast_api_key")
+
+# Environment variables that are not settings but may sit in .env without being a mistake.
+_NOT_SETTINGS = frozenset({"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "TZ", "LANG", "LC_ALL"})
+
+
+def setting_names() -> list[str]:
+    """Every setting's environment name."""
+    return [name.upper() for name in Settings.model_fields]
+
+
+def closest_setting(name: str) -> str | None:
+    """The real setting a mistyped name most likely meant (MAX_PRICE_PER_HR -> MAX_PRICE_PER_HOUR)."""
+    import difflib
+
+    names = setting_names()
+    upper = name.upper()
+    found = difflib.get_close_matches(upper, names, n=1, cutoff=0.75)
+    if found:
+        return found[0]
+    # A missing or extra word (EXCLUDE_COUNTRIES, PRICE_MAX) is close word-wise even when the
+    # letters differ: score by shared words.
+    words = set(upper.split("_"))
+    best, score = None, 0.0
+    for candidate in names:
+        cw = set(candidate.split("_"))
+        shared = sum(max(difflib.SequenceMatcher(None, w, c).ratio() for c in cw) >= 0.8 for w in words)
+        ratio = shared / max(len(words), len(cw))
+        if ratio > score:
+            best, score = candidate, ratio
+    return best if score >= 0.5 else None
+
+
+def env_file_keys(path: Path = Path(".env")) -> list[str]:
+    """The variable names assigned in an env file (``KEY=value``, ``export KEY=value``), in order."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    keys = []
+    for line in text.splitlines():
+        match = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
+        if match:
+            keys.append(match.group(1))
+    return keys
+
+
+def unknown_setting_keys(env_file: Path = Path(".env"),
+                         environ: dict[str, str] | None = None) -> list[tuple[str, str, str | None]]:
+    """(name, where, closest real setting) for each key that looks meant as a setting but is not one.
+
+    Every unknown key in the env file counts (the file exists only for settings); in the process
+    environment, which holds many unrelated variables, only a name close to a setting's does.
+    """
+    import os
+
+    known = set(setting_names())
+    out: list[tuple[str, str, str | None]] = []
+    seen: set[str] = set()
+    for key in env_file_keys(env_file):
+        upper = key.upper()
+        if upper in known or upper in _NOT_SETTINGS or upper in seen:
+            continue
+        seen.add(upper)
+        out.append((key, str(env_file), closest_setting(key)))
+    for key in (os.environ if environ is None else environ):
+        upper = key.upper()
+        if upper in known or upper in seen:
+            continue
+        import difflib
+
+        near = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.85)
+        if near:
+            seen.add(upper)
+            out.append((key, "the environment", near[0]))
+    return out
+
+
+def vastai_key_from_file(path: Path = VASTAI_KEY_FILE) -> str | None:
+    """The key the vastai CLI saved, or None when there is no such readable, non-empty file."""
+    try:
+        key = path.expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return key or None
 
 
 def load_settings(**overrides: Any) -> Settings:

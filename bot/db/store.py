@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +39,92 @@ IntegrityError = sqlite3.IntegrityError
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (not a constraint failure: see ``IntegrityError``)."""
+
+
+class DatabasePathError(StoreError):
+    """DATABASE_PATH cannot hold the bot's database: a directory, no write access, not SQLite, corrupted.
+
+    A configuration problem (restarting will not fix it): ``problem`` says what is wrong with
+    ``path``, ``fix`` what the operator should do.
+    """
+
+    def __init__(self, path: Path, problem: str, fix: str, *, corrupted: bool = False) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        self.corrupted = corrupted
+        super().__init__(f"DATABASE_PATH={path}: {problem}")
+
+    def operator_message(self) -> str:
+        return f"DATABASE_PATH={self.path}: {self.problem}. Fix: {self.fix}"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _recovery_fix(path: Path) -> str:
+    return (f"recover what is readable with `sqlite3 {path} .recover | sqlite3 {path}.recovered` and point "
+            f"DATABASE_PATH at {path}.recovered, or start a new file (move {path} aside): instances the bot "
+            "created carry its label, and `python -m bot status` lists every instance the database does not "
+            "know as untracked (still billing; `python -m bot destroy INSTANCE` removes one)")
+
+
+def _unwritable_fix(where: Path) -> str:
+    return (f"give the user running the bot write access to {where} (e.g. `sudo chown -R $(id -un) {where}`), "
+            "or point DATABASE_PATH at a writable location")
+
+
+def database_path_problem(path: Path, *, must_exist: bool = False) -> DatabasePathError | None:
+    """What makes ``path`` unusable as the database, found without creating or changing anything."""
+    path = Path(path)
+    if path.is_dir():
+        return DatabasePathError(path, "is a directory, not a file",
+                                 f"set DATABASE_PATH to a file inside it, e.g. {path / 'vastops.db'}")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            return DatabasePathError(path, "is not readable and writable by this user", _unwritable_fix(path))
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            return DatabasePathError(path, f"cannot be read ({exc.strerror})", _unwritable_fix(path))
+        if header and header != SQLITE_HEADER:
+            return DatabasePathError(path, "is not an SQLite database (some other file is at that path)",
+                                     "point DATABASE_PATH at the bot's database, or at a new file name; "
+                                     "do not reuse this file")
+        parent = path.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            # SQLite creates the -wal and -shm files beside the database.
+            return DatabasePathError(path, f"its directory {parent} is not writable by this user "
+                                     "(SQLite keeps -wal/-shm files beside the database)", _unwritable_fix(parent))
+        return None
+    if must_exist:
+        return DatabasePathError(path, "does not exist", "check DATABASE_PATH, or run the bot once to create it")
+    # The nearest existing ancestor decides whether the missing directories and the file can be made.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return DatabasePathError(path, f"{ancestor} is a file, so no directory can be created there",
+                                 "point DATABASE_PATH at a location under a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "the file" if ancestor == path.parent else f"the directory {path.parent}"
+        return DatabasePathError(path, f"{ancestor} is not writable by this user, so {what} cannot be created",
+                                 _unwritable_fix(ancestor))
+    return None
+
+
+def _database_error(path: Path, exc: sqlite3.DatabaseError) -> DatabasePathError | None:
+    """The file's fault, as a configuration error; None for any other failure (e.g. a migration's SQL)."""
+    text = str(exc)
+    if "not a database" in text:
+        return DatabasePathError(path, "is not an SQLite database", "point DATABASE_PATH at the bot's database, "
+                                 "or at a new file name")
+    if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+        return DatabasePathError(path, f"cannot be written ({text})", _unwritable_fix(path.parent))
+    if "malformed" in text or "corrupt" in text:
+        return DatabasePathError(path, f"is corrupted ({text})", _recovery_fix(path), corrupted=True)
+    return None
 
 
 class NotFoundError(StoreError, LookupError):
@@ -164,6 +251,18 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def _join_worker(pending: aiosqlite.Connection) -> None:
+    """Wait for a failed connection's worker thread to finish.
+
+    When aiosqlite's connect fails it queues a stop and returns at once; if the event loop then
+    closes (a CLI command exiting), the thread's reply lands on a closed loop and prints
+    "RuntimeError: Event loop is closed". Joining first lets it answer while the loop still runs.
+    """
+    thread = getattr(pending, "_thread", None)
+    if thread is not None and thread.is_alive():
+        await asyncio.to_thread(thread.join, 5.0)
+
+
 async def _switch_to_wal(db: aiosqlite.Connection, busy_timeout: float) -> list[Any]:
     """``PRAGMA journal_mode=WAL``, retried: on a brand-new file, several processes opening at
     once can get SQLITE_BUSY here without SQLite's busy handler being consulted."""
@@ -216,10 +315,28 @@ class Store:
         approval honoured twice. Our write rate (a few rows per poll) makes the fsync cheap.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        problem = await asyncio.to_thread(database_path_problem, path)
+        if problem is not None:
+            raise problem
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabasePathError(path, f"cannot create the directory {path.parent} ({exc.strerror})",
+                                    _unwritable_fix(path.parent)) from None
         # isolation_level=None: the sqlite3 module opens no implicit transactions; we issue
         # BEGIN IMMEDIATE / COMMIT ourselves.
-        db = await aiosqlite.connect(path, isolation_level=None)
+        pending = aiosqlite.connect(path, isolation_level=None)
+        try:
+            db = await pending
+        except sqlite3.DatabaseError as exc:
+            await _join_worker(pending)
+            mapped = _database_error(path, exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        except BaseException:
+            await _join_worker(pending)
+            raise
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             rows = await _switch_to_wal(db, busy_timeout)
@@ -230,10 +347,23 @@ class Store:
                 raise ValueError("synchronous must be NORMAL or FULL")
             await db.execute(f"PRAGMA synchronous = {synchronous}")
             await apply_migrations(db, migrations if migrations is not None else load_migrations())
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            mapped = _database_error(path, exc)
+            if mapped is None:
+                raise
+            raise mapped from None
         except BaseException:
             await db.close()
             raise
         return cls(db, path)
+
+    async def quick_check(self) -> list[str]:
+        """``PRAGMA quick_check``: [] when the file is sound, else SQLite's findings (at most 20)."""
+        async with self._lock:
+            rows = await self._db.execute_fetchall("PRAGMA quick_check(20)")
+        found = [str(row[0]) for row in rows]
+        return [] if found == ["ok"] else found
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -70,3 +70,86 @@ def test_compose_has_env_file_named_volume_and_restart_policy() -> None:
     assert re.search(r"^volumes:\n  vastops-data:", text, re.M)
     assert re.search(r"^    restart: unless-stopped$", text, re.M)
     assert "dockerfile: deploy/Dockerfile" in text
+
+
+ROOT = DEPLOY.parent
+
+
+def test_unit_restarts_forever_except_on_configuration_errors() -> None:
+    parsed = unit()
+    # A start limit makes systemd give up after a minute of outage: nobody would watch billing rentals.
+    assert parsed["Unit"].get("StartLimitIntervalSec") == "0"
+    assert "StartLimitBurst" not in parsed["Unit"]
+    assert parsed["Service"]["Restart"] in ("on-failure", "always")
+    assert parsed["Service"]["RestartPreventExitStatus"] == "2"
+
+
+@pytest.mark.parametrize("path", ["deploy/vastops.env", "deploy/ssh/vastops_ed25519", ".env", ".env.local",
+                                  "data/vastops.db", "data/vastops.heartbeat"])
+def test_operator_secrets_and_state_are_git_ignored(path: str) -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, timeout=30)
+    assert proc.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_the_settings_template_is_not_git_ignored() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", ".env.example"], cwd=ROOT, timeout=30)
+    assert proc.returncode == 1
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_docker_build_context_holds_only_what_the_image_copies() -> None:
+    patterns = _dockerignore()
+    # Everything is excluded first, then only the sources are let back in: no .env, .venv,
+    # deploy/vastops.env, deploy/ssh/ or database can reach the daemon.
+    assert patterns[0] == "*"
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    copied: set[str] = set()
+    for line in re.findall(r"^COPY (.+)$", (DEPLOY / "Dockerfile").read_text(), re.M):
+        copied.update(part.rstrip("/") for part in line.split()[:-1])
+    assert copied and copied <= allowed, copied - allowed
+    for secret in (".env", ".venv", "deploy", "data"):
+        assert secret not in allowed
+
+
+def _readme_block(heading: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```sh", 1)[1].split("```", 1)[0]
+
+
+def test_systemd_steps_do_not_hard_code_a_python_minor_version() -> None:
+    block = _readme_block("Run as a systemd service")
+    assert not re.search(r"python3\.\d+ ", block), block
+
+
+def test_container_steps_never_change_a_file_after_giving_it_away() -> None:
+    # `sudo chown 10001 key && chmod 0600 key` fails at chmod for a non-root operator: the file is
+    # no longer theirs. Ownership and mode must be set in one privileged step.
+    block = _readme_block("Run in a container")
+    given: set[str] = set()
+    for line in block.splitlines():
+        for cmd in re.split(r"&&|;", line.split("#", 1)[0]):
+            words = cmd.split()
+            if not words:
+                continue
+            if words[0] == "sudo":
+                if len(words) > 1 and words[1] == "chown":
+                    given.update(words[3:])
+                continue
+            if words[0] in ("chmod", "chown", "cp", "mv") and given & set(words[1:]):
+                raise AssertionError(f"unprivileged {cmd.strip()!r} on a file already given to the container user")
+
+
+def test_image_health_is_the_watchers_heartbeat() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    match = re.search(r"^HEALTHCHECK .*\\\n\s+CMD (\[.+\])$", text, re.M)
+    assert match is not None, "no HEALTHCHECK"
+    assert json.loads(match.group(1)) == ["python", "-m", "bot", "check", "--running"]
