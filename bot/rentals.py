@@ -229,7 +229,8 @@ class RentalService:
         if self.preflight is not None:
             report = await run_preflight(self.preflight, self.settings, offer=offer, disk_gb=self._disk_gb(rental))
             if not report.ok:
-                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if c.status == "fail")
+                failed = "; ".join(f"{c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+                                   for c in report.checks if c.status == "fail")
                 return Decision(DecisionResult.PREFLIGHT_FAILED, approval, rental,
                                 f"Preflight failed, nothing was rented: {failed}")
         # Bound to the quote this click checked: a requote meanwhile (another click) wins over it.

@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.durations import format_duration
+from bot.provisioning.checklist import hide_incompatible
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
 from cogs.common import answer, user_name, vbot
@@ -213,6 +214,7 @@ class Rent(commands.Cog):
         query = bot.rentals.query(gpu=gpu, num_gpus=num_gpus, min_vram_gb=min_vram, max_dph=max_price,
                                   disk_gb=disk, excluded_countries=countries, limit=OFFERS_SHOWN)
         offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot))
+        offers, hidden = await hide_incompatible(offers, bot.settings)  # drivers/GPUs the manifest's torch cannot use
         offers = offers[:OFFERS_SHOWN]
         r = bot.render
         check_lines = "\n".join(
@@ -221,6 +223,7 @@ class Rent(commands.Cog):
         excluded = ", ".join(query.excluded_countries) or "none"
         filters = (f"{r.text(gpu or 'any GPU', 40)} ×{num_gpus} · ≤ {money(query.max_dph, 2)}/h · "
                    f"disk {query.disk_gb:.0f} GB · excluding {excluded}")
+        filters += f"\n{r.text(hidden, 300)}" if hidden else ""
         if not offers:
             embed = r.embed(title="No offers match",
                             description=f"{filters}\n\nTry a higher max_price or another GPU.",

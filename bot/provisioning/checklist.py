@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from bot.provisioning.compat import compatible_offers
+from bot.provisioning.manifest import torch_need
 from bot.provisioning.manifest_checks import manifest_torch_need
 from bot.provisioning.probes import MAX_REDIRECTS, ProbeCache, UrlMap, default_cache
 from bot.settings import Settings
@@ -147,13 +148,14 @@ async def hide_incompatible(offers: Sequence[Offer], settings: Settings, *, http
                             cache: ProbeCache | None = None,
                             url_map: Mapping[str, str] | None = None) -> tuple[list[Offer], str]:
     """The offers that can run the manifest's torch, and a line saying how many were hidden and why."""
-    own = http is None
-    client = http or httpx.AsyncClient(max_redirects=MAX_REDIRECTS)
-    try:
-        need = await manifest_torch_need(settings, http=client, cache=cache or default_cache(),
+    if not (settings.provision_manifest or "").startswith(("http://", "https://")):
+        need = torch_need([], settings.docker_image)  # only a manifest file carries pip lines
+    elif http is not None:
+        need = await manifest_torch_need(settings, http=http, cache=cache or default_cache(),
                                          urls=UrlMap(url_map or {}))
-    finally:
-        if own:
-            await client.aclose()
+    else:
+        async with httpx.AsyncClient(max_redirects=MAX_REDIRECTS) as client:
+            need = await manifest_torch_need(settings, http=client, cache=cache or default_cache(),
+                                             urls=UrlMap(url_map or {}))
     kept, hidden = compatible_offers(offers, need)
     return kept, hidden.summary()

@@ -7,7 +7,8 @@
   honours ``Range: bytes=0-0`` with ``Content-Range``. A gated repo answers 401 ``GatedRepo`` without a
   token, 401 with an invalid one, 403 ``GatedRepo`` with a valid token whose account has not accepted
   the terms. ``/api/whoami-v2`` and ``/api/models/<repo>`` answer like the Hub's API.
-* files needing a token (Civitai-style) answer 401 without it, 403 with a wrong one.
+* files needing a token (Civitai-style) answer 401 without it or with an invalid one, 403 with a valid
+  token of an account without access.
 * git repositories over smart HTTP (``info/refs?service=git-upload-pack``: pkt-lines), 401 for a
   repository that does not exist (as GitHub does), and ``requirements.txt`` raw at a ref
   (``raw.githubusercontent.com/<o>/<r>/<ref>/...`` or ``<repo>/raw/<ref>/...``).
@@ -38,6 +39,7 @@ class HubFile:
     url: str
     size: int = 1024
     token: str | None = None  # the Bearer token this file needs (None: public)
+    other_tokens: tuple[str, ...] = ()  # valid tokens of accounts without access to this file (403)
     gated: bool = False  # a Hugging Face gated repo: needs a valid token whose account accepted the terms
     accepted: bool = False  # the valid tokens' account accepted the gated repo's terms
     status: int | None = None  # answer this instead (e.g. 500)
@@ -189,7 +191,8 @@ class FakeHub:
                 return web.Response(status=403, text="you are not in the authorized list",
                                     headers={"X-Error-Code": "GatedRepo"})
         elif file.token is not None and token != file.token:
-            return web.Response(status=401 if token is None else 403, text="unauthorized")
+            # Civitai answers a missing or an expired key alike; a valid key without access gets 403.
+            return web.Response(status=403 if token in file.other_tokens else 401, text="unauthorized")
         key = quote(json.dumps([file.url]), safe="")
         headers = {"Location": f"http://127.0.0.1:{self.cdn_port}/cdn/{key}"}
         if host in HF_HOSTS:

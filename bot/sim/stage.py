@@ -32,6 +32,7 @@ from bot.provisioning.contract import EVENT_PREFIX, SCHEMA_VERSION
 from bot.settings import Settings
 from bot.sim.api import VastSim
 from bot.sim.catalog import china_cheapest_catalogue, default_catalogue
+from bot.sim.hub import hub_from_toml
 from bot.sim.scenarios import Scenario, Step
 from bot.sim.sshd import SimSshServer, make_client_key
 
@@ -241,6 +242,8 @@ class RehearsalStage:
         self.sim.on_create = self._on_create
         body = scenario.script_body.encode() if scenario.script_body is not None else _script_body()
         self.gist = FakeGistHost(scenario, body)
+        # The model and git hosts the scenario's manifest names, on loopback (bot/sim/hub.py).
+        self.hub = hub_from_toml(scenario.preflight) if scenario.preflight else None
         self.settings: Settings | None = None
         self._started = False
 
@@ -248,6 +251,8 @@ class RehearsalStage:
         make_client_key(self.key_path)
         await self.sim.start()
         await self.gist.start()
+        if self.hub is not None:
+            await self.hub.start()
         self._started = True
         values: dict[str, Any] = {
             "vast_backend": "sim",
@@ -282,6 +287,8 @@ class RehearsalStage:
         if self._started:
             await self.sim.stop()
             await self.gist.stop()
+            if self.hub is not None:
+                await self.hub.stop()
             self._started = False
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -506,6 +513,8 @@ class RunResult:
         exp = self.scenario.expect
         late_ok = self.poll_interval if tolerance is None else tolerance
         out: list[str] = []
+        if self.scenario.preflight_blocks:
+            return self._preflight_mismatches()
         if self.verdict not in exp.verdicts:
             out.append(f"verdict {self.verdict}, expected {'/'.join(exp.verdicts)}")
         if exp.category and self.category != exp.category:
@@ -545,6 +554,19 @@ class RunResult:
                 seen.add(key)
         if exp.country_not_in and (self.country is None or self.country in exp.country_not_in):
             out.append(f"rented a host in {self.country or 'an unknown country'} ({self.geolocation})")
+        return out
+
+
+    def _preflight_mismatches(self) -> list[str]:
+        """A scenario the preflight must catch: blocked, named in the approver's message, $0."""
+        out: list[str] = []
+        if not self.preflight_blocked:
+            out.append("the preflight did not block the rent")
+        missing = [s for s in self.scenario.preflight.get("contains", ()) if s not in self.preflight_message]
+        if missing:
+            out.append(f"the preflight's message does not name {', '.join(missing)}")
+        if self.instance_id is not None or self.spent > 0:
+            out.append(f"an instance was rented (spent ${self.spent:.4f})")
         return out
 
 
@@ -637,8 +659,10 @@ def _preflight_for(stage: RehearsalStage, result: RunResult) -> Any:
     except ImportError:
         return None
 
-    async def run(settings: Settings) -> Any:
-        report = await preflight(settings, gist_api_base=stage.gist.base_url)
+    url_map = stage.hub.url_map if stage.hub is not None else None
+
+    async def run(settings: Settings, **for_offer: Any) -> Any:
+        report = await preflight(settings, gist_api_base=stage.gist.base_url, url_map=url_map, **for_offer)
         result.preflight, result.preflight_blocked = report, not report.ok
         return report
 
@@ -679,6 +703,9 @@ async def _rent(service: Callable[[Any], Any], stage: RehearsalStage, result: Ru
                                     is_approver=True)
     if decision.result == DecisionResult.PREFLIGHT_FAILED:
         result.preflight_message = decision.message
+        if scenario.preflight_blocks:  # the catch under rehearsal: nothing is rented, nothing spent
+            result.notes.append("the preflight refused the rent; nothing was rented")
+            return None
         decision = await service(None).decide(approval.id, approve=True, user_id=2002,
                                               user_name="demo-approver", is_approver=True)
     if decision.rental is None or decision.rental.instance_id is None:

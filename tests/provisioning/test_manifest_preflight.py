@@ -111,11 +111,20 @@ async def test_civitai_401_without_a_token_names_civitai_token(tmp_path: Path, h
     assert "HTTP 401" in detail and "CIVITAI_TOKEN is not set" in detail and "CIVITAI_TOKEN" in fix
 
 
-async def test_civitai_wrong_token_is_named(tmp_path: Path, hub: FakeHub) -> None:
-    report = await run(tmp_path, hub, civitai_token="civ_wrong_wrong_wrong", provision_models=f"loras|{CIVITAI}")
+async def test_civitai_invalid_token_is_named(tmp_path: Path, hub: FakeHub) -> None:
+    report = await run(tmp_path, hub, civitai_token="civ_expired_expired", provision_models=f"loras|{CIVITAI}")
+    status, detail, fix = check(report, "model 128713")
+    assert status == "fail" and "HTTP 401" in detail and "CIVITAI_TOKEN is refused" in detail
+    assert "set CIVITAI_TOKEN" in fix
+    no_secret_anywhere(hub, report, "civ_expired_expired")
+
+
+async def test_civitai_token_without_access(tmp_path: Path) -> None:
+    file = HubFile(CIVITAI, size=GB, token=CIVITAI_KEY, other_tokens=("civ_other_account",))
+    async with FakeHub([file]) as hub:
+        report = await run(tmp_path, hub, civitai_token="civ_other_account", provision_models=f"loras|{CIVITAI}")
     status, detail, _ = check(report, "model 128713")
-    assert status == "fail" and "HTTP 403" in detail and "CIVITAI_TOKEN" in detail
-    no_secret_anywhere(hub, report, "civ_wrong_wrong_wrong")
+    assert status == "fail" and "HTTP 403" in detail and "may not download this model" in detail
 
 
 async def test_gated_model_without_a_token(tmp_path: Path, hub: FakeHub) -> None:
