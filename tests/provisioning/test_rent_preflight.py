@@ -187,3 +187,11 @@ async def test_a_preflight_that_crashes_leaves_a_warning_not_a_failed_request(wo
     _, approval = await _request(world)
     assert approval.payload["checklist"][0]["s"] == "warn" and "RuntimeError" in approval.payload["checklist"][0]["d"]
 
+
+
+async def test_rent_list_reads_the_torch_from_the_manifest_file(world: World, web: WebServer, hub: FakeHub) -> None:
+    manifest = web.add("/manifest.txt", b"pip torch==2.8.0+cu129 --extra-index-url https://download.pytorch.org/whl/cu129\n")
+    settings = use(world, web, hub, provision_manifest=manifest)
+    offers = await world.service.search(world.service.query())
+    kept, why = await hide_incompatible(offers, settings, cache=ProbeCache(world.clock))
+    assert kept == [] and "CUDA 12.9 needs driver" in why and "/manifest.txt" in web.requests
