@@ -73,12 +73,19 @@ class Probing:
     async def cached(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]], on_timeout: T) -> T:
         async def bounded() -> T:
             async with self.gate:
-                try:
-                    # A redirect chain makes several requests: bound the whole probe, not each request.
-                    return await asyncio.wait_for(make(), timeout=self.timeout_s * 2)
-                except TimeoutError:
-                    return on_timeout
-        return await self.cache.get(key, bounded)
+                # A redirect chain makes several requests: bound the whole probe, not each request.
+                return await asyncio.wait_for(make(), timeout=self.timeout_s * 2)
+        try:
+            return await self.cache.get(key, bounded, keep=lambda value: not _timed_out(value))
+        except TimeoutError:
+            return on_timeout  # not cached: the next check (the approval click) asks again
+
+
+def _timed_out(value: object) -> bool:
+    """A probe that got no answer in time: not cached, so the next check asks again."""
+    if isinstance(value, tuple) and len(value) == 3 and value[0] is None:
+        return str(value[2]).startswith("no answer")
+    return bool(getattr(value, "timed_out", False))
 
 
 def _tokens(settings: Settings) -> dict[str, str]:

@@ -76,7 +76,9 @@ class ProbeCache:
         self._running: dict[tuple[str, ...], asyncio.Future[Any]] = {}
         self.misses = 0
 
-    async def get(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> T:
+    async def get(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]],
+                  keep: Callable[[T], bool] = lambda _: True) -> T:
+        """``make()``'s value for ``key``, stored for ``ttl`` unless ``keep(value)`` is False."""
         now = self.clock.now()
         hit = self._done.get(key)
         if hit is not None and now - hit[0] < self.ttl:
@@ -96,7 +98,8 @@ class ProbeCache:
         finally:
             self._running.pop(key, None)
         future.set_result(value)
-        self._done[key] = (self.clock.now(), value)
+        if keep(value):
+            self._done[key] = (self.clock.now(), value)
         if len(self._done) > 512:  # bounded: drop the expired ones
             self._done = {k: v for k, v in self._done.items() if now - v[0] < self.ttl}
         return value

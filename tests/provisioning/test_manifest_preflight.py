@@ -389,3 +389,17 @@ async def test_caller_client_is_used(tmp_path: Path, hub: FakeHub) -> None:
                                  http=client, url_map=hub.url_map, cache=ProbeCache(FakeClock()))
         assert check(report, "model sd_xl_base_1.0.safetensors")[0] == "ok"
         assert not client.is_closed
+
+
+async def test_a_probe_that_timed_out_is_asked_again(tmp_path: Path, web: WebServer) -> None:
+    hold = threading.Event()
+    web.routes["/m/slow.bin"] = Route(200, b"x", {}, hold)
+    cache = ProbeCache(FakeClock())
+    settings = make_settings(tmp_path, provision_script_url=None, provision_models=f"a|{web.base}/m/slow.bin")
+    try:
+        first = await preflight(settings, cache=cache, probe_timeout_s=0.1)
+    finally:
+        hold.set()
+    assert check(first, "model slow.bin")[0] == "warn"
+    second = await preflight(settings, cache=cache, probe_timeout_s=5)
+    assert check(second, "model slow.bin")[0] == "ok"
