@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from bot.clock import Clock, FakeClock
@@ -279,6 +280,15 @@ class RehearsalStage:
             "ssh_key_path": self.key_path, "provision_script_url": self.settings.provision_script_url,
             **self.scenario.settings,
         }
+        for key in ("hf_token", "civitai_token"):  # model_copy does not validate: keep secrets SecretStr
+            if isinstance(update.get(key), str):
+                update[key] = SecretStr(update[key])
+        if self.hub is not None:
+            # The bot's own preflight knows nothing of the stage: point the manifest at the loopback hosts.
+            for key in ("provision_models", "provision_nodes", "provision_manifest"):
+                if isinstance(update.get(key), str):
+                    for origin, base in self.hub.url_map.items():
+                        update[key] = update[key].replace(origin + "/", base + "/")
         return settings.model_copy(update=update)
 
     async def stop(self) -> None:

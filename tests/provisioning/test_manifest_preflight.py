@@ -403,3 +403,21 @@ async def test_a_probe_that_timed_out_is_asked_again(tmp_path: Path, web: WebSer
     assert check(first, "model slow.bin")[0] == "warn"
     second = await preflight(settings, cache=cache, probe_timeout_s=5)
     assert check(second, "model slow.bin")[0] == "ok"
+
+
+async def test_the_bot_in_sim_mode_probes_the_stage_hosts_not_the_internet(tmp_path: Path) -> None:
+    from bot.sim.scenarios import load_scenario
+    from bot.sim.stage import RehearsalStage
+
+    stage = RehearsalStage(load_scenario("gated-model"), FakeClock(), workdir=tmp_path / "stage")
+    await stage.start()
+    try:
+        assert stage.hub is not None
+        settings = stage.bot_settings(make_settings(tmp_path))
+        assert settings.provision_models is not None and settings.provision_models.startswith(
+            f"checkpoints|{stage.hub.base}/o/huggingface.co/")
+        report = await preflight(settings, cache=ProbeCache(FakeClock()))
+        assert check(report, "model flux1-dev.safetensors")[0] == "fail"
+        assert stage.hub.seen("/o/huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors")
+    finally:
+        await stage.stop()
