@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.durations import format_duration
-from bot.provisioning.checklist import hide_incompatible
+from bot.provisioning.checklist import disk_to_request, hide_incompatible, run_preflight
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
 from cogs.common import answer, user_name, vbot
@@ -55,7 +55,7 @@ def parse_countries(text: str | None) -> list[str] | None:
     return codes
 
 
-async def preflight_checks(bot: VastopsBot) -> list[Check]:
+async def preflight_checks(bot: VastopsBot, disk_gb: int | None = None) -> list[Check]:
     """The checks that exist: settings, and the provisioning script once PROVISION_SCRIPT_URL is set."""
     checks: list[Check] = []
     missing = bot.settings.missing_for("run")
@@ -70,7 +70,7 @@ async def preflight_checks(bot: VastopsBot) -> list[Check]:
         checks.append(Check("provisioning script", "warn", "preflight checks are not available"))
         return checks
     try:
-        report = await asyncio.wait_for(bot.preflight(bot.settings), timeout=20.0)
+        report = await asyncio.wait_for(run_preflight(bot.preflight, bot.settings, disk_gb=disk_gb), timeout=20.0)
     except Exception as exc:  # a broken check must not hide the offers; it is shown as failed
         log.warning("preflight failed to run", exc_info=True)
         return [*checks, Check("preflight", "fail", f"could not run: {type(exc).__name__}")]
@@ -211,9 +211,10 @@ class Rent(commands.Cog):
         except ValueError as exc:
             await answer(interaction, f"excluded_countries: {bot.render.text(exc, 300)}")
             return
+        disk = disk or await disk_to_request(bot.settings)  # priced at a disk the manifest's models fit in
         query = bot.rentals.query(gpu=gpu, num_gpus=num_gpus, min_vram_gb=min_vram, max_dph=max_price,
                                   disk_gb=disk, excluded_countries=countries, limit=OFFERS_SHOWN)
-        offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot))
+        offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot, disk))
         offers, hidden = await hide_incompatible(offers, bot.settings)  # drivers/GPUs the manifest's torch cannot use
         offers = offers[:OFFERS_SHOWN]
         r = bot.render

@@ -6,6 +6,8 @@
   problems first, then the passes, collapsed into a count when space runs out.
 * ``run_preflight`` calls any preflight callable, passing the offer and disk only when it takes them.
 * ``preflight_payload`` is what ``RentalService.request`` adds to an approval's payload.
+* ``disk_to_request`` is the disk /rent searches (and prices) with when the user gives none: ``DISK_GB``,
+  or more when the manifest's models need more.
 * ``hide_incompatible`` drops the offers that cannot run the manifest's torch from /rent's list and
   says why, counted ("3 offers hidden: CUDA 12.8 needs driver ≥ 570.26").
 """
@@ -22,7 +24,7 @@ import httpx
 
 from bot.provisioning.compat import compatible_offers
 from bot.provisioning.manifest import torch_need
-from bot.provisioning.manifest_checks import manifest_torch_need
+from bot.provisioning.manifest_checks import manifest_disk_plan, manifest_torch_need
 from bot.provisioning.probes import MAX_REDIRECTS, ProbeCache, UrlMap, default_cache
 from bot.settings import Settings
 from bot.vast.models import Offer, OfferQuery
@@ -159,3 +161,22 @@ async def hide_incompatible(offers: Sequence[Offer], settings: Settings, *, http
                                              urls=UrlMap(url_map or {}))
     kept, hidden = compatible_offers(offers, need)
     return kept, hidden.summary()
+
+
+async def disk_to_request(settings: Settings, *, http: httpx.AsyncClient | None = None,
+                          cache: ProbeCache | None = None, url_map: Mapping[str, str] | None = None) -> int:
+    """``DISK_GB``, raised to what the manifest's models, the image and the margin need."""
+    if not (settings.provision_models or (settings.provision_manifest or "").startswith(("http://", "https://"))):
+        return settings.disk_gb
+    try:
+        if http is not None:
+            plan = await manifest_disk_plan(settings, http=http, cache=cache or default_cache(),
+                                            urls=UrlMap(url_map or {}))
+        else:
+            async with httpx.AsyncClient(max_redirects=MAX_REDIRECTS) as client:
+                plan = await manifest_disk_plan(settings, http=client, cache=cache or default_cache(),
+                                                urls=UrlMap(url_map or {}))
+    except Exception:  # the preflight's disk check still says what is needed
+        log.warning("could not size the manifest's models", exc_info=True)
+        return settings.disk_gb
+    return max(settings.disk_gb, plan.need_gb) if plan is not None else settings.disk_gb

@@ -376,3 +376,17 @@ async def manifest_torch_need(settings: Settings, *, http: httpx.AsyncClient, ca
                       tokens=_tokens(settings), gate=asyncio.Semaphore(MAX_CONCURRENT_PROBES))
     manifest = await load_manifest(settings, probing, None)
     return torch_need(manifest.pip, settings.docker_image)
+
+
+async def manifest_disk_plan(settings: Settings, *, http: httpx.AsyncClient, cache: ProbeCache,
+                             urls: UrlMap | None = None,
+                             timeout_s: float = DEFAULT_PROBE_TIMEOUT_S) -> DiskPlan | None:
+    """What the configured manifest needs on disk (sizes probed through the cache); None without models."""
+    probing = Probing(http=http, cache=cache, urls=urls or UrlMap(), timeout_s=timeout_s,
+                      tokens=_tokens(settings), gate=asyncio.Semaphore(MAX_CONCURRENT_PROBES))
+    manifest = await load_manifest(settings, probing, None)
+    if not manifest.models:
+        return None
+    sizes = [r[4] for r in await asyncio.gather(*(_check_model(m, probing) for m in manifest.models))]
+    return DiskPlan(models_bytes=sum(s for s in sizes if s), models_unknown=sum(1 for s in sizes if not s),
+                    nodes=len(manifest.nodes))

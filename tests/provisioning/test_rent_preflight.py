@@ -14,7 +14,7 @@ import pytest
 
 from bot.clock import FakeClock
 from bot.db.store import Store
-from bot.provisioning.checklist import hide_incompatible
+from bot.provisioning.checklist import disk_to_request, hide_incompatible
 from bot.provisioning.preflight import preflight
 from bot.provisioning.probes import ProbeCache
 from bot.render import EMBED_FIELD_VALUE_LIMIT, Render, check_limits
@@ -195,3 +195,22 @@ async def test_rent_list_reads_the_torch_from_the_manifest_file(world: World, we
     offers = await world.service.search(world.service.query())
     kept, why = await hide_incompatible(offers, settings, cache=ProbeCache(world.clock))
     assert kept == [] and "CUDA 12.9 needs driver" in why and "/manifest.txt" in web.requests
+
+
+async def test_rent_asks_for_a_disk_the_models_fit_in(world: World, web: WebServer, hub: FakeHub) -> None:
+    settings = use(world, web, hub, disk_gb=20, provision_models=f"ckpt|{SDXL}")
+    cache = ProbeCache(world.clock)
+    # 7 GB of model + ~16 GB image + 5 GB margin: 28 GB, more than DISK_GB=20.
+    assert await disk_to_request(settings, cache=cache, url_map=hub.url_map) == 28
+    asked = len(hub.requests)
+    roomy = use(world, web, hub, disk_gb=100, provision_models=f"ckpt|{SDXL}")
+    assert await disk_to_request(roomy, cache=cache, url_map=hub.url_map) == 100
+    assert len(hub.requests) == asked  # the model's size came from the cache
+    assert await disk_to_request(use(world, web, hub, disk_gb=30), cache=cache) == 30
+    # Searched and priced at that disk, the request's checklist passes the disk check.
+    use(world, web, hub, disk_gb=20, provision_models=f"ckpt|{SDXL}")
+    query = world.service.query(disk_gb=28)
+    offer = (await world.service.search(query))[0]
+    _, approval = await world.service.request(offer, requester_id=REQUESTER, requester_name="req", query=query)
+    disk = next(i for i in approval.payload["checklist"] if i["n"] == "disk")
+    assert disk["s"] == "ok" and "models 7.0 GB" in disk["d"] and "= 28 GB ≤ the request's disk 28 GB" in disk["d"]
