@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from bot.clock import Clock
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
+from bot.provisioning.checklist import preflight_payload, run_preflight
 from bot.settings import Settings
 from bot.vast.client import Priority, VastClient, VastCreateOutcomeUnknown
 from bot.vast.errors import VastError, VastUnavailableOffer
@@ -117,6 +118,8 @@ class RentalService:
     async def request(self, offer: Offer, *, requester_id: int, requester_name: str,
                       query: OfferQuery | None = None) -> tuple[Rental, Approval]:
         """Create a rental awaiting approval, bound to this exact offer id and quoted $/h."""
+        # The manifest preflight for this offer and disk, first: its checklist is shown to the approver.
+        checked = await preflight_payload(self.preflight, self.settings, offer, query)
         now = self.clock.now()
         label = f"{LABEL_PREFIX}{secrets.token_hex(4)}"
         rental = await self.store.create_rental(
@@ -130,7 +133,7 @@ class RentalService:
         approval = await self.store.create_approval(
             kind=ApprovalKind.RENT, requester_id=requester_id, rental_id=rental.id, now=now,
             expires_at=now + self.settings.approval_timeout,
-            payload=_quote_payload(offer, requester_name),
+            payload={**_quote_payload(offer, requester_name), **checked},
         )
         await self.outbox.append(rental, EV_APPROVAL, {
             "approval_id": approval.id, "kind": "rent", "status": "pending",
@@ -229,7 +232,8 @@ class RentalService:
                             "The offer was rented by someone else; nothing was rented. Run /rent again.")
         if offer.dph_total > quoted + 1e-9:
             requoted = await self.store.requote_approval(
-                approval.id, payload=_quote_payload(offer, str(approval.payload.get("requester_name", ""))),
+                approval.id, payload={**_quote_payload(offer, str(approval.payload.get("requester_name", ""))),
+                                      **_kept_checks(approval.payload)},
                 now=now, expires_at=now + self.settings.approval_timeout,
             )
             if requoted is None:
@@ -242,9 +246,10 @@ class RentalService:
                             f"The price went up from ${quoted:.3f}/h to ${offer.dph_total:.3f}/h: "
                             "approve the new quote to rent.")
         if self.preflight is not None:
-            report = await self.preflight(self.settings)
+            report = await run_preflight(self.preflight, self.settings, offer=offer, disk_gb=self._disk_gb(rental))
             if not report.ok:
-                failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if c.status == "fail")
+                failed = "; ".join(f"{c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+                                   for c in report.checks if c.status == "fail")
                 return Decision(DecisionResult.PREFLIGHT_FAILED, approval, rental,
                                 f"Preflight failed, nothing was rented: {failed}")
         # Bound to the quote this click checked: a requote meanwhile (another click) wins over it.
@@ -474,6 +479,11 @@ def _quote_payload(offer: Offer, requester_name: str) -> dict[str, Any]:
         "geolocation": offer.geolocation, "reliability": offer.reliability, "inet_down": offer.inet_down,
         "machine_id": offer.machine_id, "requester_name": requester_name,
     }
+
+
+def _kept_checks(payload: dict[str, Any]) -> dict[str, Any]:
+    """The preflight checklist of a request, kept across a requote (same machine, same manifest)."""
+    return {k: payload[k] for k in ("checklist", "preflight_ok") if k in payload}
 
 
 def _refusal_text(result: DecisionResult, settings: Settings) -> str:

@@ -16,6 +16,7 @@ import discord
 from discord.ext import commands
 
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental
+from bot.provisioning.checklist import render_checklist
 from bot.render import Render, Reply, money, timestamp
 from bot.rentals import DecisionResult, may_decide
 from cogs.common import answer, is_approver, user_name, vbot
@@ -140,6 +141,8 @@ def approval_reply(render: Render, approval: Approval, rental: Rental | None, no
             ("Requested by", render.text(p.get("requester_name") or "?", 80), True),
             ("Offer", f"`{p.get('offer_id')}` · machine `{p.get('machine_id')}`", True),
         ]
+        if p.get("checklist"):  # what the preflight verified for this offer, problems first
+            fields.append(("Preflight", render_checklist(p["checklist"], escape=render.text), False))
         embed = render.embed(title=f"Rent request #{approval.id}: {gpu} at {money(p.get('quoted_dph'), 3)}/h",
                              description=f"{status}\n{rental_ref}", colour=colour, fields=fields)
     else:

@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.durations import format_duration
+from bot.provisioning.checklist import disk_to_request, hide_incompatible, run_preflight
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
 from cogs.common import answer, cooled_down, in_our_guild, user_name, vbot
@@ -56,7 +57,7 @@ def parse_countries(text: str | None) -> list[str] | None:
     return codes
 
 
-async def preflight_checks(bot: VastopsBot) -> list[Check]:
+async def preflight_checks(bot: VastopsBot, disk_gb: int | None = None) -> list[Check]:
     """The checks that exist: settings, and the provisioning script once PROVISION_SCRIPT_URL is set."""
     checks: list[Check] = []
     missing = bot.settings.missing_for("run")
@@ -71,7 +72,7 @@ async def preflight_checks(bot: VastopsBot) -> list[Check]:
         checks.append(Check("provisioning script", "warn", "preflight checks are not available"))
         return checks
     try:
-        report = await asyncio.wait_for(bot.preflight(bot.settings), timeout=20.0)
+        report = await asyncio.wait_for(run_preflight(bot.preflight, bot.settings, disk_gb=disk_gb), timeout=20.0)
     except Exception as exc:  # a broken check must not hide the offers; it is shown as failed
         log.warning("preflight failed to run", exc_info=True)
         return [*checks, Check("preflight", "fail", f"could not run: {type(exc).__name__}")]
@@ -232,13 +233,15 @@ class Rent(commands.Cog):
         except ValueError as exc:
             await answer(interaction, f"excluded_countries: {bot.render.text(exc, 300)}")
             return
+        disk = disk or await disk_to_request(bot.settings)  # priced at a disk the manifest's models fit in
         query = bot.rentals.query(gpu=gpu, num_gpus=num_gpus, min_vram_gb=min_vram, max_dph=max_price,
                                   disk_gb=disk, excluded_countries=countries, limit=OFFERS_SHOWN)
         if len(own_countries(query, bot.settings.excluded_countries)) > MAX_OWN_COUNTRIES:
             await answer(interaction, f"excluded_countries: at most {MAX_OWN_COUNTRIES} countries besides "
                                       f"the bot's own ({', '.join(bot.settings.excluded_countries) or 'none'}).")
             return
-        offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot))
+        offers, checks = await asyncio.gather(bot.rentals.search(query), preflight_checks(bot, disk))
+        offers, hidden = await hide_incompatible(offers, bot.settings)  # drivers/GPUs the manifest's torch cannot use
         offers = offers[:OFFERS_SHOWN]
         r = bot.render
         check_lines = "\n".join(
@@ -247,6 +250,7 @@ class Rent(commands.Cog):
         excluded = ", ".join(query.excluded_countries) or "none"
         filters = (f"{r.text(gpu or 'any GPU', 40)} ×{num_gpus} · ≤ {money(query.max_dph, 2)}/h · "
                    f"disk {query.disk_gb:.0f} GB · excluding {excluded}")
+        filters += f"\n{r.text(hidden, 300)}" if hidden else ""
         if not offers:
             embed = r.embed(title="No offers match",
                             description=f"{filters}\n\nTry a higher max_price or another GPU.",

@@ -1,4 +1,5 @@
-"""Checks run before any rent: the script URL really serves our provisioning script, and the seam holds.
+"""Checks run before any rent: the script URL really serves our provisioning script, the seam holds, and
+the manifest (models, custom nodes, disk, GPU/CUDA; see ``manifest_checks``) fits the offer.
 
 Each check says what it saw and, when it is not ok, how to fix it, in short lines that read on a phone.
 ``report.ok`` is False when any check failed; callers must not rent then (nothing is rented on hope).
@@ -8,23 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from bot.provisioning.contract import ENV_EVENT_PREFIX, ENV_LOG_PATH, ENV_RUN_ID
+from bot.provisioning.manifest_checks import DEFAULT_PROBE_TIMEOUT_S, check_manifest
 from bot.provisioning.onstart import (
     VAST_ENV_TOTAL_MAX,
     VAST_ONSTART_MAX,
     LaunchError,
     build_launch,
 )
+from bot.provisioning.probes import MAX_REDIRECTS, ProbeCache, UrlMap, default_cache
+from bot.provisioning.report import (
+    SECRET_QUERY as _SECRET_QUERY,
+)
+from bot.provisioning.report import (
+    PreflightCheck,
+    PreflightReport,
+    Status,
+    host_path,
+    short_url,
+)
 from bot.settings import Settings
+from bot.vast.models import Offer
 
-Status = Literal["ok", "warn", "fail"]
+__all__ = ["PreflightCheck", "PreflightReport", "Status", "host_path", "preflight"]
 
 DEFAULT_GIST_API_BASE = "https://api.github.com"
 DEFAULT_TIMEOUT_S = 15.0
@@ -36,81 +49,8 @@ REPO_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "provision.sh"
 _GIST_PATH = re.compile(
     r"^/(?P<user>[^/]+)/(?P<id>[0-9a-f]{20,32})/raw/(?:(?P<rev>[0-9a-f]{7,40})/)?(?P<file>[^/]+)$"
 )
-_SECRET_QUERY = re.compile(
-    r"(?i)^(token|access_token|api_key|apikey|key|sig|signature|x-amz-signature|x-amz-credential|"
-    r"x-amz-security-token|auth|password)$"
-)
 _LOG_LITERAL = re.compile(r"(?<![\w$])/(?:workspace|var/log|root|tmp)/[\w./-]*\.log\b")
 _COPY_RAW = "open the gist and copy the Raw URL of the script file"
-_MARK = {"ok": "✅", "warn": "⚠️", "fail": "❌"}
-
-
-@dataclass(frozen=True)
-class PreflightCheck:
-    """One check: ``detail`` says what was seen, ``fix`` what to do about it (empty when ok)."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class PreflightReport:
-    """All checks in the order they ran."""
-
-    checks: list[PreflightCheck] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not any(c.status == "fail" for c in self.checks)
-
-    @property
-    def failures(self) -> list[PreflightCheck]:
-        return [c for c in self.checks if c.status == "fail"]
-
-    @property
-    def warnings(self) -> list[PreflightCheck]:
-        return [c for c in self.checks if c.status == "warn"]
-
-    def get(self, name: str) -> PreflightCheck | None:
-        return next((c for c in self.checks if c.name == name), None)
-
-    def lines(self) -> list[str]:
-        """One short line per check, plus a "fix:" line under each one that is not ok."""
-        out: list[str] = []
-        for check in self.checks:
-            out.append(f"{_MARK[check.status]} {check.name}: {check.detail}")
-            if check.fix and check.status != "ok":
-                out.append(f"   fix: {check.fix}")
-        return out
-
-    def render(self) -> str:
-        n = len(self.failures)
-        head = "Preflight passed" if self.ok else f"Preflight FAILED ({n} problem(s)) - not renting"
-        return "\n".join([head, *self.lines()])
-
-    def add(self, name: str, status: Status, detail: str, fix: str = "") -> PreflightCheck:
-        check = PreflightCheck(name, status, detail, fix)
-        self.checks.append(check)
-        return check
-
-
-def host_path(url: str) -> str:
-    """host + path of a URL: what may be shown of it (no query, no credentials)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return host + parts.path
-
-
-def _short(shown: str, limit: int = 60) -> str:
-    """A long host+path shortened to host/…/file so a phone line stays readable."""
-    if len(shown) <= limit:
-        return shown
-    host, _, path = shown.partition("/")
-    return f"{host}/…/{path.rsplit('/', 1)[-1]}"
 
 
 def _kb(n: int) -> str:
@@ -134,27 +74,39 @@ async def preflight(
     gist_api_base: str = DEFAULT_GIST_API_BASE,
     request_timeout_s: float = DEFAULT_TIMEOUT_S,
     repo_script: Path | None = REPO_SCRIPT,
+    offer: Offer | None = None,
+    disk_gb: int | None = None,
+    cache: ProbeCache | None = None,
+    url_map: Mapping[str, str] | None = None,
+    probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
 ) -> PreflightReport:
-    """Check the provisioning seam before a rent; never raises for a network problem (that is a fail)."""
+    """Check the provisioning seam and the manifest before a rent; never raises for a network problem.
+
+    With ``offer`` (and the ``disk_gb`` it will be rented with) the disk and GPU/CUDA checks are for that
+    offer; without, the disk is checked against ``DISK_GB``. ``url_map`` sends the manifest's requests for
+    an origin elsewhere (tests and the rehearsal serve huggingface.co, github.com ... on loopback).
+    """
     report = PreflightReport()
     url = settings.provision_script_url
-    if url is None:
-        report.add("script URL", "fail", "PROVISION_SCRIPT_URL is not set",
-                   "host deploy/provision.sh at a stable raw URL and set PROVISION_SCRIPT_URL")
-        return report
-    _check_url(url, report)
     own_client = http is None
-    client = http or httpx.AsyncClient()
+    client = http or httpx.AsyncClient(max_redirects=MAX_REDIRECTS)
     try:
-        body = await _fetch_script(client, url, gist_api_base, request_timeout_s, report)
+        if url is None:
+            report.add("script URL", "fail", "PROVISION_SCRIPT_URL is not set",
+                       "host deploy/provision.sh at a stable raw URL and set PROVISION_SCRIPT_URL")
+        else:
+            _check_url(url, report)
+            body = await _fetch_script(client, url, gist_api_base, request_timeout_s, report)
+            if body is not None and _check_body(body, url, report):
+                _check_sha(body, settings.provision_script_sha256, report)
+                _check_script_contract(body, settings, report)
+                _check_repo_copy(body, repo_script, report)
+            _check_launch(settings, report)
+        await check_manifest(settings, report, http=client, cache=cache or default_cache(),
+                             urls=UrlMap(url_map or {}), timeout_s=probe_timeout_s, offer=offer, disk_gb=disk_gb)
     finally:
         if own_client:
             await client.aclose()
-    if body is not None and _check_body(body, url, report):
-        _check_sha(body, settings.provision_script_sha256, report)
-        _check_script_contract(body, settings, report)
-        _check_repo_copy(body, repo_script, report)
-    _check_launch(settings, report)
     return report
 
 
@@ -199,7 +151,7 @@ def _check_url(url: str, report: PreflightReport) -> None:
 async def _fetch_script(
     client: httpx.AsyncClient, url: str, gist_api_base: str, request_timeout_s: float, report: PreflightReport
 ) -> bytes | None:
-    shown = _short(host_path(url))
+    shown = short_url(host_path(url))
     gist = _GIST_PATH.match(urlsplit(url).path)
     try:
         resp = await client.get(url, follow_redirects=True, timeout=request_timeout_s,
@@ -208,7 +160,7 @@ async def _fetch_script(
         report.add("script download", "fail", _net_error(exc, shown, request_timeout_s),
                    "check the URL opens in a browser from this machine")
         return None
-    final = _short(host_path(str(resp.url)))
+    final = short_url(host_path(str(resp.url)))
     via = f" (via {final})" if final != shown else ""
     if resp.status_code != 200:
         detail, fix = f"HTTP {resp.status_code} from {shown}{via}", "fix PROVISION_SCRIPT_URL"

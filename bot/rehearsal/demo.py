@@ -54,6 +54,8 @@ def _usd(value: float | None) -> str:
 
 
 def outcome_text(result: RunResult) -> str:
+    if result.preflight_blocked and result.instance_id is None:
+        return "not rented"
     if result.verdict == "failed":
         return f"failed/{result.category}"
     if result.verdict == "degraded":
@@ -73,6 +75,7 @@ def summary_table(results: list[RunResult], out: TextIO, *,
         if wrong:
             bad.append((r, wrong))
         stopped = _fmt_s(r.stopped_at) if r.scenario.expect.stop != "none" or r.decision_at else "kept"
+        stopped = "-" if r.instance_id is None else stopped
         ratio = f"{r.ratio:.0f}x" if r.ratio is not None else "-"
         preflight = {None: "-", True: "BLOCKS", False: "pass"}[r.preflight_blocked]
         rows.append((r.scenario.name, preflight, outcome_text(r), r.country or "-", _fmt_s(r.knew_at),
@@ -94,8 +97,9 @@ def summary_table(results: list[RunResult], out: TextIO, *,
           "      its user keeps it, with or without the bot).\n"
           f"MATCH: verdict, cause, and spending stopped within {DEMO_LATENESS_POLLS:g} polls of the signal\n"
           "      (polls drift under a fast simulated clock; bench/bench_scenarios.py has exact figures).\n"
-          "PREFLIGHT: the check before renting, on the script URL. Where it BLOCKS, nothing would be\n"
-          "      rented at all ($0); the run shown bypasses it to rehearse the instance-side defence.",
+          "PREFLIGHT: the check before renting (script URL, models, nodes, disk, GPU). Where it BLOCKS,\n"
+          "      nothing would be rented at all ($0); for a broken script URL the run shown bypasses it to\n"
+          "      rehearse the instance-side defence; the manifest's catches end there ('not rented').",
           file=out)
     for r, wrong in bad:
         print(f"\nMISMATCH {r.scenario.name}: " + "; ".join(wrong), file=out)
@@ -144,7 +148,8 @@ def print_preflight(result: RunResult, out: TextIO) -> None:
         return
     print(f"[{name}] preflight BLOCKS the rent, nothing would be rented ($0). The approver sees: "
           f"{result.preflight_message}", file=out)
-    print(f"[{name}] the run above bypassed it to rehearse the defences on the instance", file=out)
+    if result.instance_id is not None:
+        print(f"[{name}] the run above bypassed it to rehearse the defences on the instance", file=out)
 
 
 async def run_demo(scenario: str = "all", speed: float | None = None, list_only: bool = False,

@@ -108,8 +108,10 @@ async def play(
 def _preflight_for(stage: RehearsalStage, result: RunResult) -> Preflight:
     """The real preflight, aimed at the stage's gist host, keeping its report for the summary."""
 
-    async def run(settings: Settings) -> Any:
-        report = await preflight(settings, gist_api_base=stage.gist.base_url)
+    url_map = stage.hub.url_map if stage.hub is not None else None
+
+    async def run(settings: Settings, **for_offer: Any) -> Any:
+        report = await preflight(settings, gist_api_base=stage.gist.base_url, url_map=url_map, **for_offer)
         result.preflight, result.preflight_blocked = report, not report.ok
         return report
 
@@ -148,6 +150,9 @@ async def _rent(service: Callable[[Preflight | None], RentalService], stage: Reh
                                     is_approver=True)
     if decision.result == DecisionResult.PREFLIGHT_FAILED:
         result.preflight_message = decision.message
+        if scenario.preflight_blocks:  # the catch under rehearsal: nothing is rented, nothing spent
+            result.notes.append("the preflight refused the rent; nothing was rented")
+            return None
         decision = await service(None).decide(approval.id, approve=True, user_id=2002,
                                               user_name="demo-approver", is_approver=True)
     if decision.rental is None or decision.rental.instance_id is None:

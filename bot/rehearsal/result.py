@@ -90,6 +90,18 @@ class RunResult:
         polls = self.polls_between(signal, decided)
         return 0 < polls and polls * self.poll_interval <= late_ok + 1e-6
 
+    def _preflight_mismatches(self) -> list[str]:
+        """A scenario the preflight must catch: blocked, named in the approver's message, $0."""
+        out: list[str] = []
+        if not self.preflight_blocked:
+            out.append("the preflight did not block the rent")
+        missing = [s for s in self.scenario.preflight.get("contains", ()) if s not in self.preflight_message]
+        if missing:
+            out.append(f"the preflight's message does not name {', '.join(missing)}")
+        if self.instance_id is not None or self.spent > 0:
+            out.append(f"an instance was rented (spent ${self.spent:.4f})")
+        return out
+
     def mismatches(self, *, tolerance: float | None = None) -> list[str]:
         """How this run differs from the scenario's expectation (empty when it matches).
 
@@ -98,6 +110,8 @@ class RunResult:
         exp = self.scenario.expect
         late_ok = self.poll_interval if tolerance is None else tolerance
         out: list[str] = []
+        if self.scenario.preflight_blocks:
+            return self._preflight_mismatches()
         if self.verdict not in exp.verdicts:
             out.append(f"verdict {self.verdict}, expected {'/'.join(exp.verdicts)}")
         if exp.category and self.category != exp.category:

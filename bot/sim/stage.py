@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from bot.clock import Clock
@@ -30,6 +31,7 @@ from bot.settings import Settings
 from bot.sim.api import VastSim
 from bot.sim.catalog import china_cheapest_catalogue, default_catalogue
 from bot.sim.hosts import FakeComfyUI, FakeGistHost, script_body
+from bot.sim.hub import hub_from_toml
 from bot.sim.scenarios import Scenario, Step
 from bot.sim.sshd import SimSshServer, make_client_key
 
@@ -129,6 +131,8 @@ class RehearsalStage:
         self.sim.on_create = self._on_create
         body = scenario.script_body.encode() if scenario.script_body is not None else script_body()
         self.gist = FakeGistHost(scenario, body)
+        # The model and git hosts the scenario's manifest names, on loopback (bot/sim/hub.py).
+        self.hub = hub_from_toml(scenario.preflight) if scenario.preflight else None
         self.settings: Settings | None = None
         self._started = False
 
@@ -136,6 +140,8 @@ class RehearsalStage:
         make_client_key(self.key_path)
         await self.sim.start()
         await self.gist.start()
+        if self.hub is not None:
+            await self.hub.start()
         self._started = True
         values: dict[str, Any] = {
             "vast_backend": "sim",
@@ -162,6 +168,15 @@ class RehearsalStage:
             "ssh_key_path": self.key_path, "provision_script_url": self.settings.provision_script_url,
             **self.scenario.settings,
         }
+        for key in ("hf_token", "civitai_token"):  # model_copy does not validate: keep secrets SecretStr
+            if isinstance(update.get(key), str):
+                update[key] = SecretStr(update[key])
+        if self.hub is not None:
+            # The bot's own preflight knows nothing of the stage: point the manifest at the loopback hosts.
+            for key in ("provision_models", "provision_nodes", "provision_manifest"):
+                if isinstance(update.get(key), str):
+                    for origin, base in self.hub.url_map.items():
+                        update[key] = update[key].replace(origin + "/", base + "/")
         return settings.model_copy(update=update)
 
     async def stop(self) -> None:
@@ -170,6 +185,8 @@ class RehearsalStage:
         if self._started:
             await self.sim.stop()
             await self.gist.stop()
+            if self.hub is not None:
+                await self.hub.stop()
             self._started = False
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,7 +10,8 @@ from tests.rehearsal.helpers import Outcome, play_fresh
 
 ALL = scenario_names()
 STOPPING = [n for n in ALL if load_scenario(n).expect.stop != "none"]
-KEPT = [n for n in ALL if load_scenario(n).expect.stop == "none"]
+KEPT = [n for n in ALL if load_scenario(n).expect.stop == "none" and not load_scenario(n).preflight_blocks]
+BLOCKED = [n for n in ALL if load_scenario(n).preflight_blocks]
 
 
 def test_every_audit_failure_has_a_scenario() -> None:
@@ -143,6 +144,21 @@ async def test_the_preflight_passes_our_own_script(outcome: Outcome, name: str) 
     if result.preflight is None:
         pytest.skip("bot/provisioning/preflight.py is not available")
     assert result.preflight_blocked is False
+
+
+def test_every_preflight_catch_has_a_scenario() -> None:
+    assert {"gated-model", "token-401", "disk-too-small", "cuda-incompatible", "torch-node"} <= set(BLOCKED)
+
+
+@pytest.mark.parametrize("name", BLOCKED)
+async def test_the_preflight_catches_cost_nothing(outcome: Outcome, name: str) -> None:
+    result = await outcome(name)
+    assert result.preflight_blocked is True and result.instance_id is None and result.spent == 0.0
+    assert result.rental is None and not result.events
+    # The approver is told what failed and how to fix it, never a token.
+    for wanted in result.scenario.preflight["contains"]:
+        assert wanted in result.preflight_message
+    assert "NotSecret" not in result.preflight_message
 
 
 async def test_stall_behind_heartbeats_and_noise_is_still_a_stall(outcome: Outcome) -> None:

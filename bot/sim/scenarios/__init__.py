@@ -104,6 +104,13 @@ class Scenario:
     baseline: Baseline = field(default_factory=lambda: Baseline(3600.0, ""))
     run_for: float | None = None  # simulated seconds to keep playing after a ready verdict
     notes: str = ""
+    # [preflight]: the model/git hosts the preflight meets (bot.sim.hub) and whether it must block the rent.
+    preflight: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preflight_blocks(self) -> bool:
+        """The preflight must refuse the rent: nothing is rented, nothing is spent."""
+        return bool(self.preflight.get("blocks"))
 
     @property
     def end_of_script(self) -> float:
@@ -175,7 +182,13 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
     """Build a ``Scenario`` from a parsed TOML document (``snippets``: named output blocks)."""
     where = f"scenario {name}"
     snippets = load_snippets() if snippets is None else snippets
-    expect_raw = _req(data, "expect", where)
+    preflight = dict(data.get("preflight", {}))
+    unknown = set(preflight) - {"blocks", "contains", "file", "repo", "hf_tokens"}
+    if unknown:
+        raise ScenarioError(f"{where}: unknown [preflight] key(s) {sorted(unknown)}")
+    # A rent the preflight refuses never runs: nothing to expect of an instance that never existed.
+    blocked = {"verdict": ["in_progress"], "stop": "none"} if preflight.get("blocks") else None
+    expect_raw = data.get("expect", blocked) if blocked else _req(data, "expect", where)
     verdicts = expect_raw.get("verdict", ["ready"])
     verdicts = (verdicts,) if isinstance(verdicts, str) else tuple(verdicts)
     for v in verdicts:
@@ -218,12 +231,14 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
         ssh_never=bool(boot.get("ssh_never", False)), image_logs=bool(boot.get("image_logs", True)),
         steps=tuple(sorted(steps, key=lambda s: s.at)), expect=expect, baseline=baseline,
         run_for=float(data["run_for"]) if "run_for" in data else None, notes=str(data.get("notes", "")),
+        preflight=preflight,
     )
 
 
 # The order the demo plays them in: the audit's failures roughly as the audit tells them.
 ORDER = ("happy", "script-404", "gistfile1", "log-path-mismatch", "ssh-refused", "ssh-never", "stall",
-         "disk-full", "china-cheapest", "port-noise-only", "slow-fetch", "stall-heartbeat")
+         "disk-full", "china-cheapest", "port-noise-only", "slow-fetch", "stall-heartbeat",
+         "gated-model", "token-401", "disk-too-small", "cuda-incompatible", "torch-node")
 
 
 def load_snippets() -> dict[str, Any]:
