@@ -45,6 +45,7 @@ class DecisionResult(StrEnum):
     PREFLIGHT_FAILED = "preflight_failed"
     CREATE_FAILED = "create_failed"
     NOT_FOUND = "not_found"
+    BUDGET = "budget"
 
 
 @dataclass
@@ -98,7 +99,8 @@ class RentalService:
         )
 
     async def search(self, query: OfferQuery) -> list[Offer]:
-        avoid = await self.store.machines_to_avoid(since=self.clock.now() - 7 * 86400)
+        from bot.db.guardrails import failing_machines  # banned machines too; cleared failures forgiven
+        avoid = await failing_machines(self.store, self.clock.now() - self.settings.host_avoid_window)
         if avoid:
             query = query.model_copy(update={"excluded_machines": sorted(set(query.excluded_machines) | set(avoid))})
         return await self.vast.search_offers(query)
@@ -150,6 +152,13 @@ class RentalService:
                                  self_approve_max_price=self.settings.self_approve_max_price)
             if refusal is not None:
                 return Decision(refusal, approval, rental, _refusal_text(refusal, self.settings))
+        if approve and approval.kind == ApprovalKind.RENT:  # budgets: refuse when spent, escalate near it
+            from bot.budget import check_rent
+            gate = await check_rent(self.store, self.settings, now, user_id=approval.requester_id,
+                                    dph=float(approval.payload.get("quoted_dph", 0.0)))
+            if gate.blocked or (gate.escalated and approval.requester_id == user_id):
+                return Decision(DecisionResult.BUDGET, approval, rental,
+                                gate.refusal() if gate.blocked else gate.escalation())
 
         if approval.kind == ApprovalKind.TEARDOWN:
             return await self._decide_teardown(approval, rental, approve=approve, user_id=user_id,

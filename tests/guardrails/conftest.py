@@ -22,12 +22,29 @@ from bot.sim.scenarios import load_scenario
 from bot.sim.stage import SIM_API_KEY, RehearsalStage
 from bot.vast.client import NO_SPACING, VastClient
 from bot.watch.engine import WatchEngine, WatchPolicy
+from tests.e2e.conftest import fake_discord, make_fake_discord  # noqa: F401 (the fake Discord fixtures)
 from tests.fakediscord import FakeDiscord, start_bot
 from tests.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 POLL = 15.0
-REQUESTER, APPROVER, OTHER = 3001, 3002, 3004
+REQUESTER, APPROVER, APPROVER2, OTHER = 3001, 3002, 3003, 3004
+# 2023-11-15 01:00 UTC, a Wednesday: a whole UTC day ahead before a budget period resets.
+WEDNESDAY_1AM = 1_700_010_000.0
 SETTLED = (RentalState.READY, RentalState.DEGRADED, RentalState.DESTROYED)
+
+
+async def rent_via(service: RentalService, stage: RehearsalStage, scenario: str = "happy", *,
+                   requester: tuple[int, str] = (REQUESTER, "rita"), offer_index: int = 0) -> Rental:
+    """Request an offer as ``requester`` and approve it; the instance plays ``scenario``."""
+    # The stage plays its scenario for every instance created next: switch it per rental.
+    stage.scenario = load_scenario(scenario)
+    offers = await service.search(service.query())
+    assert offers, "the simulator offered nothing"
+    _, approval = await service.request(offers[offer_index], requester_id=requester[0], requester_name=requester[1])
+    decision = await service.decide(approval.id, approve=True, user_id=APPROVER, user_name="ada", is_approver=True)
+    assert decision.result == DecisionResult.APPROVED, decision.message
+    assert decision.rental is not None
+    return decision.rental
 
 
 @dataclass
@@ -42,18 +59,7 @@ class World:
 
     async def rent(self, scenario: str = "happy", *, requester: tuple[int, str] = (REQUESTER, "rita"),
                    offer_index: int = 0) -> Rental:
-        """Request an offer as ``requester`` and approve it; the instance plays ``scenario``."""
-        # The stage plays its scenario for every instance created next: switch it per rental.
-        self.stage.scenario = load_scenario(scenario)
-        offers = await self.service.search(self.service.query())
-        assert offers, "the simulator offered nothing"
-        _, approval = await self.service.request(offers[offer_index], requester_id=requester[0],
-                                                 requester_name=requester[1])
-        decision = await self.service.decide(approval.id, approve=True, user_id=APPROVER, user_name="ada",
-                                             is_approver=True)
-        assert decision.result == DecisionResult.APPROVED, decision.message
-        assert decision.rental is not None
-        return decision.rental
+        return await rent_via(self.service, self.stage, scenario, requester=requester, offer_index=offer_index)
 
     async def drive(self, rental_id: int, until: tuple[RentalState, ...] = SETTLED, polls: int = 80) -> Rental:
         """Tick the engine once per poll of simulated time until the rental reaches ``until``."""
@@ -113,6 +119,10 @@ class BotWorld:
     vast: VastClient
     bot: VastopsBot
 
+    async def rent(self, scenario: str = "happy", *, requester: tuple[int, str] = (REQUESTER, "rita"),
+                   offer_index: int = 0) -> Rental:
+        return await rent_via(self.bot.rentals, self.stage, scenario, requester=requester, offer_index=offer_index)
+
     async def drive(self, rental_id: int, until: tuple[RentalState, ...] = SETTLED, polls: int = 80) -> Rental:
         for _ in range(polls):
             await self.bot.engine.tick()
@@ -126,8 +136,9 @@ class BotWorld:
 
 
 @contextlib.asynccontextmanager
-async def open_bot_world(fake: FakeDiscord, tmp_path: Path, **overrides: Any) -> AsyncIterator[BotWorld]:
-    clock = FakeClock()
+async def open_bot_world(fake: FakeDiscord, tmp_path: Path, *, start: float = WEDNESDAY_1AM,
+                         **overrides: Any) -> AsyncIterator[BotWorld]:
+    clock = FakeClock(start)
     stage = RehearsalStage(load_scenario("happy"), clock, workdir=tmp_path / "stage", logs_delay=0.0)
     settings = await stage.start(**{
         "discord_token": "fake-token.not.real", "discord_guild_id": GUILD_ID,
@@ -137,6 +148,7 @@ async def open_bot_world(fake: FakeDiscord, tmp_path: Path, **overrides: Any) ->
     })
     fake.add_member(REQUESTER, "rita")
     fake.add_member(APPROVER, "ada", roles=[APPROVER_ROLE_ID])
+    fake.add_member(APPROVER2, "bea", roles=[APPROVER_ROLE_ID])
     fake.add_member(OTHER, "otto")
     store = await Store.open(settings.database_path)
     vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock, min_spacing=NO_SPACING,
