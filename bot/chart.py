@@ -38,15 +38,17 @@ def render_png(report: AuditReport) -> bytes:
     except ImportError as exc:
         raise ChartUnavailable(INSTALL_HINT) from exc
 
-    # A Figure (not pyplot) keeps no global state between reports in a long-running bot.
-    fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
-    by_day, by_user = fig.subplots(1, 2, width_ratios=[3, 2])
-    _stacked(by_day, report.daily, "Spend per day (UTC)")
-    _stacked(by_user, report.per_user, "Spend per requester")
-    who = f" · {report.user}" if report.user else ""
-    fig.suptitle(f"vastops audit{who}: ${report.billed_usd:,.2f} billed, ${report.waste_usd:,.2f} wasted")
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
+    # A Figure (not pyplot) keeps no global state between reports in a long-running bot. Mathtext
+    # is off: "$" in a title or a user's name is a dollar, not a formula.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
+        by_day, by_user = fig.subplots(1, 2, width_ratios=[3, 2])
+        _stacked(by_day, report.daily, "Spend per day (UTC)")
+        _stacked(by_user, report.per_user, "Spend per requester")
+        who = f" · {report.user}" if report.user else ""
+        fig.suptitle(f"vastops audit{who}: ${report.billed_usd:,.2f} billed, ${report.waste_usd:,.2f} wasted")
+        out = io.BytesIO()
+        fig.savefig(out, format="png")
     return out.getvalue()
 
 

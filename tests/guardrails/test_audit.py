@@ -200,3 +200,15 @@ def test_cli_text_report_works_without_matplotlib(tmp_path: Path) -> None:
     chart = _cli("--since", "7d", "--chart", str(tmp_path / "x.png"), db=db, env_extra=env)
     assert chart.returncode == 2 and "vastops[chart]" in chart.stderr and "Traceback" not in chart.stderr
     assert "No rental billed" in chart.stdout and not (tmp_path / "x.png").exists()
+
+
+def test_chart_draws_names_with_dollar_signs() -> None:
+    """A requester called "pay$^$day" is text, not a broken formula that would stop the chart."""
+    pytest.importorskip("matplotlib")
+    from bot.audit import AuditReport
+    from bot.chart import render_png
+
+    report = AuditReport(since=0.0, until=86400.0, user="pay$^$day", rows=[], causes=[], unrented={},
+                         daily={"1970-01-01": {"useful": 1.0, "idle": 0.0, "failed": 0.5, "running": 0.0}},
+                         per_user={"pay$^$day": {"useful": 1.0, "idle": 0.0, "failed": 0.5, "running": 0.0}})
+    assert render_png(report)[:8] == b"\x89PNG\r\n\x1a\n"
