@@ -227,3 +227,11 @@ def teardown_candidates(statuses: Iterable[BudgetStatus], active: Iterable[Renta
         if status is not None:
             out.append((rental, status))
     return out
+
+
+def teardown_proposal(rental: Rental, status: BudgetStatus, settings: Settings, now: float) -> dict[str, str]:
+    """The reason and the default action (BUDGET_HARD_DEFAULT_ACTION: ``keep`` or ``destroy``) of the
+    teardown proposal a rental from ``teardown_candidates`` gets."""
+    who = rental.requester_name if status.scope == "user" else None
+    return {"reason": f"budget: {status.name(who)} is spent ({status.numbers(now)})",
+            "default_action": settings.budget_hard_default_action}

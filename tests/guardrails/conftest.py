@@ -137,7 +137,7 @@ class BotWorld:
 
 @contextlib.asynccontextmanager
 async def open_bot_world(fake: FakeDiscord, tmp_path: Path, *, start: float = WEDNESDAY_1AM,
-                         **overrides: Any) -> AsyncIterator[BotWorld]:
+                         watch_loop: bool = False, **overrides: Any) -> AsyncIterator[BotWorld]:
     clock = FakeClock(start)
     stage = RehearsalStage(load_scenario("happy"), clock, workdir=tmp_path / "stage", logs_delay=0.0)
     settings = await stage.start(**{
@@ -153,7 +153,7 @@ async def open_bot_world(fake: FakeDiscord, tmp_path: Path, *, start: float = WE
     store = await Store.open(settings.database_path)
     vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock, min_spacing=NO_SPACING,
                       reconcile_checks=1)
-    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=False, preflight=None)
+    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=watch_loop, preflight=None)
     try:
         async with start_bot(bot):
             yield BotWorld(fake, clock, stage, settings, store, vast, bot)

@@ -184,6 +184,8 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not a duration" in bad.stderr and "Traceback" not in bad.stderr
     both = _cli("--json", "--csv", db=db)
     assert both.returncode == 2
+    nobody = _cli("--user", "nobody", db=db)
+    assert nobody.returncode == 2 and "no rental was ever requested by 'nobody'" in nobody.stderr
 
 
 def test_cli_text_report_works_without_matplotlib(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from bot.budget import (
     rent_gate,
     statuses_from,
     teardown_candidates,
+    teardown_proposal,
 )
 from bot.db.models import Rental, RentalState
 from bot.watch.cost import rental_cost
@@ -136,6 +137,19 @@ async def test_pending_request_cannot_be_approved_once_the_budget_is_spent(fake_
         assert len(w.stage.sim.instances) == 1
 
 
+async def test_the_running_bot_checks_budgets_on_its_own(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    """With its loops on (as in production), the bot notices a budget passing its threshold by itself."""
+    async with open_bot_world(fake_discord, tmp_path, watch_loop=True, budget_check_interval=60,
+                              **BUDGETS) as w:
+        await w.rent("happy", requester=(REQUESTER, "rita"))
+        for _ in range(60):
+            await w.clock.advance(60, step=5.0)
+            if any("budget passed 80%" in m.content for m in w.fake.messages_in(NOTIFY_CHANNEL_ID)):
+                break
+        posts = [m for m in w.fake.messages_in(NOTIFY_CHANNEL_ID) if "budget passed 80%" in m.content]
+        assert len(posts) == 1 and "rita's daily budget" in posts[0].content
+
+
 # ---------------------------------------------------------------- pure rules
 
 
@@ -186,5 +200,8 @@ def test_gate_levels_escalation_and_teardown_candidates() -> None:
     picked = teardown_candidates([hard], rentals, already_proposed=[])
     assert [r.id for r, _ in picked] == [1]  # rental 3 is already being torn down; 2 is someone else's
     assert teardown_candidates([hard], rentals, already_proposed=[1]) == []
+    proposal = teardown_proposal(picked[0][0], hard, settings, now)
+    assert proposal == {"reason": "budget: u7's daily budget is spent ($10.00 of $10.00 (100%), resets in 1h00m00s)",
+                        "default_action": "keep"}
     team = BudgetStatus("team", None, "week", 50.0, 60.0, now - 3600, now + 3600, 0.8)
     assert [r.id for r, _ in teardown_candidates([team], rentals)] == [1, 2]
