@@ -25,7 +25,7 @@ CREATE TABLE budget_alerts (
     PRIMARY KEY (scope, period, period_start, level)
 );
 
--- Rentals that billed during a window: started, and not ended before the window began.
-CREATE INDEX rentals_started_ended ON rentals (started_at, ended_at);
+-- Rentals that billed during a window (audit, budgets): not ended, or ended after the window began.
+CREATE INDEX rentals_ended ON rentals (ended_at);
 -- events_by_kind(rental ids, kinds) for the audit: a rental's receipts, decisions, milestones.
 CREATE INDEX events_rental_kind ON events (rental_id, kind, seq);
