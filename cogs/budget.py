@@ -56,6 +56,7 @@ class Budget(commands.Cog):
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
         self._task: asyncio.Task[None] | None = None
+        self.checks_done = 0  # periodic checks finished (tests wait on it: the check does real I/O)
 
     async def cog_load(self) -> None:
         # Same switch as the engine loop: tests and benches drive check_budgets() themselves.
@@ -75,6 +76,7 @@ class Budget(commands.Cog):
                 await self.check_budgets()
             except Exception:  # the loop must outlive one bad check (database busy, Discord down)
                 log.exception("budget check failed")
+            self.checks_done += 1
             await self.bot.clock.sleep(max(MIN_CHECK_INTERVAL, self.bot.settings.budget_check_interval))
 
     async def check_budgets(self) -> list[BudgetStatus]:
