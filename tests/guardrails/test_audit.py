@@ -214,3 +214,27 @@ def test_chart_draws_names_with_dollar_signs() -> None:
                          daily={"1970-01-01": {"useful": 1.0, "idle": 0.0, "failed": 0.5, "running": 0.0}},
                          per_user={"pay$^$day": {"useful": 1.0, "idle": 0.0, "failed": 0.5, "running": 0.0}})
     assert render_png(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_idle_time_in_a_receipt_is_waste_charted_as_idle() -> None:
+    """The receipt's ``idle_s`` (seconds ready with nothing to do) is the idle share of a useful rental."""
+    from bot.audit import _charted, build_row
+    from bot.db.models import Event, Rental
+
+    start = 1_700_006_400.0
+    rental = Rental(id=9, label="r9", requester_id=1, requester_name="rita", offer_id=1, machine_id=5, host_id=1,
+                    gpu_name="RTX 4090", num_gpus=1, quoted_dph=0.4, dph_total=0.4, geolocation="Texas, US",
+                    instance_id=9, state=RentalState.DESTROYED, state_reason="lease expired", request={},
+                    created_at=start, updated_at=start + 7200, started_at=start, ended_at=start + 7200,
+                    comfyui_url=None, tunnel_url=None, status_channel_id=None, status_message_id=None)
+    events = [
+        Event(1, 9, 1, start + 300, "milestone", {"name": "comfyui_ready"}, None),
+        Event(2, 9, 2, start + 7200, "receipt", {"cost_usd": 0.8, "duration_s": 7200, "idle_s": 3600,
+                                                  "by": "lease", "verdict": "ready"}, None),
+    ]
+    row = build_row(rental, events, start + 9000)
+    assert row.outcome == "useful" and row.billed_usd == pytest.approx(0.8) and row.receipt_usd == 0.8
+    assert row.idle_usd == pytest.approx(0.4) and row.waste_usd == pytest.approx(0.4)
+    assert row.cause == "idle after ready" and row.time_to_ready_s == 300 and row.country == "US"
+    _, parts = _charted(row, start + 9000)
+    assert parts == {"useful": pytest.approx(0.4), "idle": pytest.approx(0.4)}
