@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second (default: fast enough for all to finish in ~30 s)",
     )
     demo.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    from bot.audit_cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -292,6 +295,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(cli.logs(settings, args))
     if args.command == "destroy":
         return asyncio.run(cli.destroy(settings, args))
+    if args.command == "audit":
+        from bot.audit_cli import run_audit
+
+        return asyncio.run(run_audit(settings, args))
     if args.command == "run":
         missing = settings.missing_for("run")
         if missing:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bot.clock import Clock
+from bot.db.guardrails import failing_machines
 from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.provisioning.checklist import preflight_payload, run_preflight
@@ -30,7 +31,6 @@ from bot.watch.reconcile import LABEL_PREFIX
 log = logging.getLogger(__name__)
 
 Preflight = Callable[[Settings], Awaitable[Any]]
-AVOID_WINDOW = 7 * 86400.0  # a machine that failed a rental is not offered again for a week
 
 
 class _RolledBack(Exception):
@@ -52,6 +52,7 @@ class DecisionResult(StrEnum):
     PREFLIGHT_FAILED = "preflight_failed"
     CREATE_FAILED = "create_failed"
     NOT_FOUND = "not_found"
+    BUDGET = "budget"
 
 
 @dataclass
@@ -109,7 +110,8 @@ class RentalService:
         )
 
     async def search(self, query: OfferQuery) -> list[Offer]:
-        avoid = await self.store.machines_to_avoid(since=self.clock.now() - AVOID_WINDOW)
+        # Banned machines too; failures an approver cleared are forgiven.
+        avoid = await failing_machines(self.store, self.clock.now() - self.settings.host_avoid_window)
         if avoid:
             query = query.model_copy(update={"excluded_machines": sorted(set(query.excluded_machines) | set(avoid))})
         return await self.vast.search_offers(query)
@@ -163,6 +165,13 @@ class RentalService:
                                  self_approve_max_price=self.settings.self_approve_max_price)
             if refusal is not None:
                 return Decision(refusal, approval, rental, _refusal_text(refusal, self.settings))
+        if approve and approval.kind == ApprovalKind.RENT:  # budgets: refuse when spent, escalate near it
+            from bot.budget import check_rent
+            gate = await check_rent(self.store, self.settings, now, user_id=approval.requester_id,
+                                    dph=float(approval.payload.get("quoted_dph", 0.0)))
+            if gate.blocked or (gate.escalated and approval.requester_id == user_id):
+                return Decision(DecisionResult.BUDGET, approval, rental,
+                                gate.refusal() if gate.blocked else gate.escalation())
 
         if approval.kind == ApprovalKind.TEARDOWN:
             return await self._decide_teardown(approval, rental, approve=approve, user_id=user_id,
@@ -292,7 +301,7 @@ class RentalService:
         if base is None:
             base = self.query()
         caps = [cap for cap in (base.max_dph, self.settings.max_price_per_hour) if cap is not None]
-        avoid = await self.store.machines_to_avoid(since=self.clock.now() - AVOID_WINDOW)
+        avoid = await failing_machines(self.store, self.clock.now() - self.settings.host_avoid_window)
         return base.model_copy(update={
             "offer_ids": [offer_id],
             "max_dph": min(caps),

@@ -50,6 +50,15 @@ SETTING_HELP: dict[str, str] = {
     "MAX_PRICE_PER_HOUR": "the highest $/h an offer may cost",
     "POLL_INTERVAL": "how often each rental is polled (90s, 10m, 1h or seconds)",
     "HEARTBEAT_PATH": "the file `run` rewrites after every watch poll and `check --running` reads",
+    "BUDGET_TEAM_DAILY": "team budget in dollars per UTC day (0 = none)",
+    "BUDGET_TEAM_WEEKLY": "team budget in dollars per UTC week, Monday to Sunday (0 = none)",
+    "BUDGET_USER_DAILY": "budget of each requester in dollars per UTC day (0 = none)",
+    "BUDGET_USER_WEEKLY": "budget of each requester in dollars per UTC week (0 = none)",
+    "BUDGET_SOFT_THRESHOLD": "share of a budget (0-1) at which the channel is warned and new rents need an approver",
+    "BUDGET_RENT_ESTIMATE": "how long a new rental is assumed to run when checking whether it would cross a budget",
+    "BUDGET_HARD_DEFAULT_ACTION": "what a teardown proposal made at a hard budget limit does when nobody answers",
+    "BUDGET_CHECK_INTERVAL": "how often the bot checks spend against the budgets",
+    "HOST_AVOID_WINDOW": "how long a machine that failed a rental is left out of offers",
 }
 
 
@@ -127,6 +136,16 @@ class Settings(BaseSettings):
 
     # Commands: per-user cooldown between two runs of /rent, /status or /logs (0 = none)
     command_cooldown: Duration = 5.0
+    # Guardrails: budgets (dollars; 0 = no budget) and host reputation
+    budget_team_daily: float = Field(default=0.0, ge=0)
+    budget_team_weekly: float = Field(default=0.0, ge=0)
+    budget_user_daily: float = Field(default=0.0, ge=0)
+    budget_user_weekly: float = Field(default=0.0, ge=0)
+    budget_soft_threshold: float = Field(default=0.8, gt=0, le=1)
+    budget_rent_estimate: Duration = 3600.0
+    budget_hard_default_action: Literal["keep", "destroy"] = "keep"
+    budget_check_interval: Duration = 300.0
+    host_avoid_window: Duration = 7 * 86400.0
 
     @field_validator(
         "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
@@ -140,7 +159,8 @@ class Settings(BaseSettings):
     @field_validator(
         "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
         "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
-        "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", mode="before",
+        "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", "budget_rent_estimate",
+        "budget_check_interval", "host_avoid_window", mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> float:

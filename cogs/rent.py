@@ -14,9 +14,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.durations import format_duration
+from bot.hosts import offer_trouble, trouble_note
 from bot.provisioning.checklist import disk_to_request, hide_incompatible, run_preflight
 from bot.render import SELECT_OPTION_LIMIT, Render, Reply, money
 from bot.vast.models import Offer, OfferQuery
+from cogs.budget import budget_refusal
 from cogs.common import answer, cooled_down, in_our_guild, user_name, vbot
 
 if TYPE_CHECKING:
@@ -165,6 +167,9 @@ class OfferPick(discord.ui.DynamicItem[discord.ui.Select[Any]], template=PICK_TE
             await answer(interaction, "That is not an offer from this list; run /rent again.")
             return
         offer_id, shown_dph = int(picked[1]), float(picked[2])
+        if refusal := await budget_refusal(bot, interaction.user.id):  # spent since the list was shown
+            await interaction.response.edit_message(content=bot.render.content(refusal), embeds=[], view=None)
+            return
         await interaction.response.edit_message(
             content=f"⏳ Checking offer {offer_id} with Vast…", embeds=[], view=None)
         query = bot.rentals.query(num_gpus=self.num_gpus, max_dph=self.max_dph, disk_gb=self.disk_gb, limit=5,
@@ -228,6 +233,9 @@ class Rent(commands.Cog):
         if not await cooled_down(bot, interaction, "rent"):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if refusal := await budget_refusal(bot, interaction.user.id):
+            await answer(interaction, bot.render.content(refusal))
+            return
         try:
             countries = parse_countries(excluded_countries)
         except ValueError as exc:
@@ -258,7 +266,9 @@ class Rent(commands.Cog):
             await interaction.edit_original_response(embeds=[embed])
             return
         failed = [c for c in checks if c.status == "fail"]
-        desc = filters + "\n\n" + "\n".join(offer_line(r, i + 1, o) for i, o in enumerate(offers))
+        trouble = await offer_trouble(bot.store, offers)  # machines that failed us before the avoid window
+        desc = filters + "\n\n" + "\n".join(offer_line(r, i + 1, o) + trouble_note(trouble.get(o.id))
+                                             for i, o in enumerate(offers))
         embed = r.embed(title=f"{len(offers)} offer(s), cheapest first", description=desc,
                         fields=[("Preflight", check_lines, False)], colour=0x3498DB,
                         footer="Pick one below; an approver then confirms it in the notify channel.")

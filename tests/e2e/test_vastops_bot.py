@@ -143,7 +143,7 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
     async with stack(fake_discord, tmp_path) as s:
         fake = s.fake
         names = {c["name"] for c in fake.commands()}
-        assert names == {"rent", "status", "logs", "destroy"}
+        assert names == {"rent", "status", "logs", "destroy", "audit", "budget", "hosts"}
         choices = await fake.autocomplete("rent", {"gpu": "409"}, "gpu", user_id=REQUESTER)
         assert "RTX 4090" in [c["value"] for c in choices]
 
