@@ -61,6 +61,7 @@ class Stack:
             if await until():
                 break
             await self.clock.advance(POLL, step=1.0)
+        await self.bot.engine.pump()  # delivery runs on its own task: let it catch up before looking
         await self.bot.notifier.flush()
 
 

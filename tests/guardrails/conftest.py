@@ -144,7 +144,7 @@ async def open_bot_world(fake: FakeDiscord, tmp_path: Path, *, start: float = WE
         "discord_token": "fake-token.not.real", "discord_guild_id": GUILD_ID,
         "notify_channel_id": NOTIFY_CHANNEL_ID, "approver_role_id": APPROVER_ROLE_ID,
         "approval_timeout": 600, "self_approve_max_price": 5.0, "max_price_per_hour": 5.0,
-        "proposal_timeout": 300, **overrides,
+        "proposal_timeout": 300, "command_cooldown": 0, **overrides,
     })
     fake.add_member(REQUESTER, "rita")
     fake.add_member(APPROVER, "ada", roles=[APPROVER_ROLE_ID])

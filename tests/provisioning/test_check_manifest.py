@@ -98,4 +98,4 @@ async def test_a_missing_required_node_exits_2(tmp_path: Path, web: WebServer, h
 async def test_a_missing_optional_node_only_warns(tmp_path: Path, web: WebServer, hub: FakeHub) -> None:
     code, text = await check(tmp_path, web, PROVISION_NODES=f"{hub.base}/o/github.com/someone/NoSuchNode")
     assert code == 0, text
-    assert line_of(text, "node NoSuchNode").startswith("note")
+    assert line_of(text, "node NoSuchNode").startswith("warn")
