@@ -239,6 +239,7 @@ class RentalService:
                                                          "status": "offer_gone"})
             return Decision(DecisionResult.OFFER_GONE, approval, rental,
                             "The offer was rented by someone else; nothing was rented. Run /rent again.")
+        assert offer.dph_total is not None  # limits.rejects() refuses an offer without a price
         if offer.dph_total > quoted + 1e-9:
             requoted = await self.store.requote_approval(
                 approval.id, payload={**_quote_payload(offer, str(approval.payload.get("requester_name", ""))),
@@ -274,9 +275,9 @@ class RentalService:
                         reason=f"approved by {user_name}"):
                     raise _RolledBack  # the rental moved on (withdrawn): undo the approval too
         except _RolledBack:
-            current = await self.store.get_rental(rental.id) or rental
-            return Decision(DecisionResult.ALREADY_DECIDED, approval, current,
-                            f"This request is already {current.state.value.replace('_', ' ')}; nothing was rented.")
+            latest = await self.store.get_rental(rental.id) or rental
+            return Decision(DecisionResult.ALREADY_DECIDED, approval, latest,
+                            f"This request is already {latest.state.value.replace('_', ' ')}; nothing was rented.")
         if not won:
             return await self._lost(approval.id)
         rental = await self.store.get_rental(rental.id) or rental
@@ -484,7 +485,8 @@ class RentalService:
 def _quote_payload(offer: Offer, requester_name: str) -> dict[str, Any]:
     return {
         "offer_id": offer.id, "quoted_dph": offer.dph_total, "gpu_name": offer.gpu_name,
-        "num_gpus": offer.num_gpus, "vram_gb": round(offer.vram_gb, 1), "country": offer.country,
+        "num_gpus": offer.num_gpus, "vram_gb": None if offer.vram_gb is None else round(offer.vram_gb, 1),
+        "country": offer.country,
         "geolocation": offer.geolocation, "reliability": offer.reliability, "inet_down": offer.inet_down,
         "machine_id": offer.machine_id, "requester_name": requester_name,
     }
