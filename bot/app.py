@@ -46,7 +46,7 @@ def _load_preflight() -> Preflight | None:
         from bot.provisioning.preflight import preflight
     except ImportError:  # lands with the provisioning issue; /rent then shows it as unavailable
         return None
-    return preflight  # type: ignore[no-any-return]
+    return preflight
 
 
 def user_message(error: BaseException) -> str:
@@ -237,7 +237,7 @@ class RetryPolicy:
     cap: float = 300.0
 
     def delay(self, failures: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.first * 2 ** min(failures, 30))
+        ceiling: float = min(self.cap, self.first * 2 ** min(failures, 30))
         # Full spread below the ceiling would sometimes retry at once; half to all of it keeps growth.
         return ceiling * rng.uniform(0.5, 1.0)
 
@@ -368,12 +368,14 @@ async def _run_until_stopped(settings: Settings, clock: Clock, stop: asyncio.Eve
                              rng: random.Random | None) -> int:
     from bot import health
 
-    assert settings.discord_token is not None
+    # The backend's settings keep the operator's Discord token: the one checked here.
+    token = settings.discord_token
+    assert token is not None
     store = await Store.open(settings.database_path)
     try:
         async with _vast_backend(settings, clock) as (settings, vast):
             bot = await build_bot(settings, store=store, vast=vast, clock=clock)
-            link = _DiscordLink(bot, settings.discord_token.get_secret_value(), clock=clock,
+            link = _DiscordLink(bot, token.get_secret_value(), clock=clock,
                                 policy=retry or RetryPolicy(), rng=rng or random.Random())
             beat = asyncio.create_task(health.beat_while_watching(
                 settings.heartbeat_file, clock, lambda: link.bot.engine.ticks, link.describe,

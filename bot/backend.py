@@ -28,6 +28,8 @@ async def open_vast(
         simulator = sim if sim is not None else VastSim(clock, api_key=SIM_API_KEY)
         assert isinstance(simulator, VastSim)
         base_url = await simulator.start() if own else simulator.base_url
+        if base_url is None:
+            raise RuntimeError("open_vast was passed a simulator that is not started")
         try:
             async with VastClient(base_url, simulator.api_key, clock=clock) as client:
                 yield client

@@ -86,17 +86,14 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 
     # Provisioning script preflight, when configured.
     if settings.provision_script_url is not None:
-        try:
-            from bot.provisioning.preflight import preflight
-        except ImportError:  # pragma: no cover - preflight lands with the provisioning contract
-            preflight = None
-        if preflight is not None:
-            report = await preflight(settings)
-            for item in report.checks:
-                ok = {"ok": True, "warn": None, "fail": False}[item.status]
-                if ok is False:
-                    config_failed = True
-                lines.append(CheckLine(f"preflight: {item.name}", ok, item.detail, item.fix or ""))
+        from bot.provisioning.preflight import preflight
+
+        report = await preflight(settings)
+        for item in report.checks:
+            ok = {"ok": True, "warn": None, "fail": False}[item.status]
+            if ok is False:
+                config_failed = True
+            lines.append(CheckLine(f"preflight: {item.name}", ok, item.detail, item.fix or ""))
 
     # Database: usable, sound, and never created by a check.
     db_line, db_config = await _database_check(settings.database_path)

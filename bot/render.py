@@ -342,7 +342,7 @@ class Render:
                               colour=colour, url=url)
         for item in fields:
             name, value = item[0], item[1]
-            inline = bool(item[2]) if len(item) > 2 else True  # type: ignore[misc]
+            inline = bool(item[2]) if len(item) > 2 else True
             embed.add_field(name=self.redact(name), value=self.redact(value), inline=inline)
         if footer:
             embed.set_footer(text=self.redact(footer))

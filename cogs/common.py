@@ -12,7 +12,7 @@ import math
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord import app_commands
@@ -56,7 +56,7 @@ _SAFE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~/
 
 
 def vbot(interaction: discord.Interaction[Any]) -> VastopsBot:
-    return interaction.client  # type: ignore[return-value]
+    return cast("VastopsBot", interaction.client)  # these cogs load only into a VastopsBot
 
 
 def is_approver(approver_role_id: int | None, user: discord.abc.User | discord.Member) -> bool:

@@ -44,8 +44,9 @@ def checklist_items(report: Any) -> list[dict[str, str]]:
     for check in getattr(report, "checks", []):
         status = str(check.status) if str(check.status) in ICON else "warn"
         item = {"s": status, "n": str(check.name)[:60], "d": str(check.detail)[:ITEM_DETAIL_MAX]}
-        if status != "ok" and getattr(check, "fix", ""):
-            item["f"] = str(check.fix)[:ITEM_DETAIL_MAX]
+        fix: object = getattr(check, "fix", "")
+        if status != "ok" and fix:
+            item["f"] = str(fix)[:ITEM_DETAIL_MAX]
         items.append(item)
     return items
 

@@ -145,7 +145,8 @@ def _collect(kind: str, words: list[str], into: Manifest, problems: list[str]) -
 
 def parse_settings_lists(nodes: str | None, models: str | None) -> Manifest:
     """``PROVISION_NODES`` and ``PROVISION_MODELS``; ``ManifestError`` lists every bad entry."""
-    out, problems = Manifest(), []
+    out = Manifest()
+    problems: list[str] = []
     _collect("node", (nodes or "").split(), out, problems)
     _collect("model", (models or "").split(), out, problems)
     if problems:
@@ -155,7 +156,8 @@ def parse_settings_lists(nodes: str | None, models: str | None) -> Manifest:
 
 def parse_manifest_text(text: str) -> Manifest:
     """The manifest file's lines; ``ManifestError`` lists every line the script would refuse."""
-    out, problems = Manifest(), []
+    out = Manifest()
+    problems: list[str] = []
     for number, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
         if not words:

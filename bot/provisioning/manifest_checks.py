@@ -81,6 +81,11 @@ class Probing:
             return on_timeout  # not cached: the next check (the approval click) asks again
 
 
+def _no_answer(probing: Probing) -> tuple[int | None, bytes, str]:
+    """What a fetch probe yields when it timed out (``_timed_out`` recognises it)."""
+    return None, b"", f"no answer within {probing.timeout_s * 2:g}s"
+
+
 def _timed_out(value: object) -> bool:
     """A probe that got no answer in time: not cached, so the next check asks again."""
     if isinstance(value, tuple) and len(value) == 3 and value[0] is None:
@@ -132,8 +137,7 @@ async def load_manifest(settings: Settings, probing: Probing, report: PreflightR
         return await get_small(probing.http, source, token=token, timeout_s=probing.timeout_s,
                                urls=probing.urls, limit=512 * 1024)
 
-    status, body, error = await probing.cached(("manifest", source, fingerprint(token)), fetch,
-                                               (None, b"", f"no answer within {probing.timeout_s * 2:g}s"))
+    status, body, error = await probing.cached(("manifest", source, fingerprint(token)), fetch, _no_answer(probing))
     if status != 200:
         if report is not None:
             why = error or f"HTTP {status}"
@@ -175,7 +179,7 @@ async def _auth_explained(spec: ModelSpec, facts: HttpFacts, probing: Probing) -
             if valid is False:
                 return (f"HTTP {status}: HF_TOKEN is invalid (the Hub refuses it)",
                         "create a read token at huggingface.co/settings/tokens and set HF_TOKEN")
-        gated = facts.error_code == "GatedRepo" or await probing.cached(
+        gated: bool | None = facts.error_code == "GatedRepo" or await probing.cached(
             ("hf-gated", repo, fingerprint(token)),
             lambda: hf_gated(probing.http, repo, token=token, timeout_s=probing.timeout_s, urls=probing.urls), None)
         if gated:
@@ -282,8 +286,7 @@ async def _check_node(spec: NodeSpec, probing: Probing) -> tuple[str, Status, st
     async def fetch() -> tuple[int | None, bytes, str]:
         return await get_small(probing.http, req_url, token=None, timeout_s=probing.timeout_s, urls=probing.urls)
 
-    status_code, body, error = await probing.cached(("reqs", req_url), fetch,
-                                                    (None, b"", f"no answer within {probing.timeout_s * 2:g}s"))
+    status_code, body, error = await probing.cached(("reqs", req_url), fetch, _no_answer(probing))
     if status_code == 404:
         return name, "ok", f"{pinned} exists; no requirements.txt", ""
     if status_code != 200:

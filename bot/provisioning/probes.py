@@ -85,7 +85,7 @@ class ProbeCache:
             return hit[1]  # type: ignore[no-any-return]
         running = self._running.get(key)
         if running is not None:
-            return await asyncio.shield(running)  # type: ignore[no-any-return]
+            return await asyncio.shield(running)
         self.misses += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._running[key] = future

@@ -29,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bot.watch.classifier import Classification, Classifier
 from bot.watch.milestones import MilestoneParser, ProvEvent, parse_event
@@ -47,6 +48,13 @@ MAX_FINDINGS_PER_ATTEMPT = 2000
 
 _ATTEMPT_FAILED = re.compile(r"\bAttempt (\d+)/(\d+) failed")
 _RUNNING_SCRIPT = re.compile(r"\bRunning provisioning script\b")
+
+
+class _MakeFinding(Protocol):
+    """Builds the finding of one provisioning event (its text, line and default rule filled in)."""
+
+    def __call__(self, category: Category, severity: Severity, advice: str, *, stops: bool = ...,
+                 rule: str = ...) -> Finding: ...
 
 
 @dataclass(slots=True)
@@ -197,8 +205,9 @@ class RunAnalysis:
         candidates = [r.finding for r in self._records
                       if r.attempt == attempt and not r.consequence
                       and (before is None or (r.finding.line or 0) < before)]
-        for wanted in (lambda f: f.stops_run or f.severity == Severity.FATAL,
-                       lambda f: f.severity == Severity.ERROR):
+        preferences: tuple[Callable[[Finding], bool], ...] = (
+            lambda f: f.stops_run or f.severity == Severity.FATAL, lambda f: f.severity == Severity.ERROR)
+        for wanted in preferences:
             for finding in candidates:
                 if wanted(finding):
                     return finding
@@ -320,7 +329,7 @@ class RunAnalysis:
             return self._event_warning(ev, why, make), False
         return None, False
 
-    def _event_failure(self, ev: ProvEvent, why: str, required: bool, name: Any, make: Any) -> Finding:
+    def _event_failure(self, ev: ProvEvent, why: str, required: bool, name: Any, make: _MakeFinding) -> Finding:
         rule_cls = self._classify_reason(why)
         if ev.ev in ("node.clone", "node.reqs"):
             if required:
@@ -366,7 +375,7 @@ class RunAnalysis:
             return make(rule_cls.category, rule_cls.severity, rule_cls.advice, stops=rule_cls.stops_run)
         return make(Category.UNKNOWN, Severity.ERROR, f"Step {ev.ev} failed ({why or 'no reason given'}).")
 
-    def _event_warning(self, ev: ProvEvent, why: str, make: Any) -> Finding:
+    def _event_warning(self, ev: ProvEvent, why: str, make: _MakeFinding) -> Finding:
         if ev.ev == "disk.check":
             return make(Category.DISK_FULL, Severity.WARN,
                         "Disk space is tight; the next downloads may not fit. Consider a larger disk (DISK_GB).")

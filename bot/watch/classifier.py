@@ -28,9 +28,9 @@ try:  # the regex parser is private API; without it every rule is simply checked
     import re._parser as _sre_parse  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - other Python versions
     try:
-        import sre_parse as _sre_parse  # type: ignore[no-redef]
+        import sre_parse as _sre_parse
     except ImportError:
-        _sre_parse = None  # type: ignore[assignment]
+        _sre_parse = None
 
 RULES_RESOURCE = "rules.json"
 _REQUIRED_KEYS = ("id", "pattern", "category", "severity", "stops_run", "advice")

@@ -497,7 +497,7 @@ def _percent_case_insensitive(form: str) -> str:
     pos = 0
     for m in _PERCENT.finditer(form):
         out.append(re.escape(form[pos:m.start()]))
-        hi, lo = m.group(1)
+        hi, lo = m.group(1)[0], m.group(1)[1]
         out.append("%" + _case_class(hi) + _case_class(lo))
         pos = m.end()
     out.append(re.escape(form[pos:]))

@@ -162,7 +162,7 @@ class SshBackoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; counts the attempt."""
-        raw = min(self.cap, self.base * 2 ** min(self.attempts, 32))
+        raw: float = min(self.cap, self.base * 2 ** min(self.attempts, 32))
         self.attempts += 1
         return raw * (1 - self.jitter * self._rng.random())
 
@@ -426,7 +426,7 @@ class SshLogSession:
         cls,
         endpoint: SshEndpoint,
         *,
-        key_path: Path,
+        key_path: Path | None,
         known_host_key: str | None,
         connect_timeout: float = 15.0,
         op_timeout: float = 20.0,
@@ -439,6 +439,8 @@ class SshLogSession:
         or None to trust whatever the server presents now. A different key raises
         ``HostKeyChanged`` before authenticating. Timeouts here are real (socket) time.
         """
+        if key_path is None:
+            raise SshFatal("auth", "cannot load SSH key: SSH_KEY_PATH is not set")
         try:
             client_key = asyncssh.read_private_key(str(key_path))
         except (OSError, asyncssh.KeyImportError, ValueError) as exc:
@@ -478,11 +480,11 @@ class SshLogSession:
             raise as_ssh_error(exc, f"connect {endpoint}") from exc
         except _WRAPPED as exc:
             raise as_ssh_error(exc, f"connect {endpoint}") from exc
-        seen = client.seen or conn.get_server_host_key()
-        if seen is None:  # pragma: no cover - asyncssh always validates a plain host key
+        presented = client.seen or conn.get_server_host_key()
+        if presented is None:  # pragma: no cover - asyncssh always validates a plain host key
             conn.close()
             raise SshFatal("host_key_changed", f"connect {endpoint}: server presented no host key")
-        return cls(conn, endpoint, seen, trusted_on_first_use=expected is None, op_timeout=op_timeout)
+        return cls(conn, endpoint, presented, trusted_on_first_use=expected is None, op_timeout=op_timeout)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -540,7 +542,7 @@ class SshLogSession:
                     attrs = await handle.stat()
                     if attrs.size is None:
                         # No size from the server: read forward and trust the offset.
-                        data = await handle.read(max_bytes, offset)
+                        data: bytes = await handle.read(max_bytes, offset)
                         return TailChunk(data, offset + len(data), False, offset + len(data), False)
                     size = attrs.size
                     rotated = size < offset
@@ -724,7 +726,9 @@ def _judge_system_stats(resp: HttpResponse) -> dict[str, Any] | str:
 
 
 def _describe(stats: dict[str, Any]) -> str:
-    system = stats.get("system") if isinstance(stats.get("system"), dict) else {}
+    system = stats.get("system")
+    if not isinstance(system, dict):
+        system = {}
     version = system.get("comfyui_version") or "?"
     names = [str(d.get("name", "?")) for d in stats["devices"] if isinstance(d, dict)]
     return f"ComfyUI {version}, {len(names)} device(s): {', '.join(names) or 'none'}"

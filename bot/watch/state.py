@@ -22,7 +22,7 @@ from bot.watch.ssh import SshBackoff
 class SshConnector(Protocol):
     """Opens an SSH log session to an instance (``bot.watch.ssh.SshLogSession.connect``)."""
 
-    async def __call__(self, endpoint: Any, *, key_path: Path, known_host_key: str | None,
+    async def __call__(self, endpoint: Any, *, key_path: Path | None, known_host_key: str | None,
                        connect_timeout: float) -> Any: ...
 
 

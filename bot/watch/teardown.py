@@ -87,9 +87,10 @@ class Teardown:
             return
         now = self.clock.now()
         action = self.action_for(watch, key)
+        text = self.redactor.redact(finding.text)
         evidence = {"category": finding.category.value, "severity": finding.severity.value,
-                    "line": finding.line, "text": self.redactor.redact(finding.text), "advice": finding.advice}
-        recorded = await self.rec.transition(watch, RentalState.FAILED, reason=f"{reason}: {evidence['text'][:200]}")
+                    "line": finding.line, "text": text, "advice": finding.advice}
+        recorded = await self.rec.transition(watch, RentalState.FAILED, reason=f"{reason}: {text[:200]}")
         if recorded:
             watch.memory.decided, watch.memory.decided_key = reason, key
             watch.pending_decision = None
