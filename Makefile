@@ -39,8 +39,12 @@ install: $(TEST_STAMP)
 demo: $(BASE_STAMP)
 	$(BIN)/python -m bot demo --scenario all
 
+# Lint, types (strict; the [tool.mypy] section of pyproject.toml), the import layers (the contracts
+# of [tool.importlinter]), then the suite.
 test: $(TEST_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
@@ -50,4 +54,4 @@ bench: $(TEST_STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python -m bench.$$(basename $$f .py) || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
