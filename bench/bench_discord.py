@@ -31,8 +31,8 @@ from bot.db.store import Store
 from bot.sim.api import VastSim
 from bot.sim.stage import StageSettings
 from bot.vast.client import NO_SPACING, VastClient
-from tests.fakediscord import FakeDiscord, FakeInteraction, patched_discord, start_bot
-from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, FakeInteraction, patched_discord, start_bot
+from tests.support.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 USER, APPROVER = 4001, 4002
 

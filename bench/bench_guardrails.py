@@ -4,19 +4,16 @@ Fills a fresh SQLite file with N destroyed rentals over the past 30 days (each w
 a verdict, a receipt; one in five with a finding and a teardown decision) plus 20 running ones,
 then times ``build_report`` over the last 7 days and 30 days, and ``check_rent`` / ``due_alerts``
 (the work /rent and the periodic budget check add).
-Run: .venv/bin/python bench/bench_guardrails.py   (a few seconds)
+Run: .venv/bin/python -m bench.bench_guardrails   (a few seconds)
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.audit import build_report, render_text
 from bot.budget import check_rent, due_alerts

@@ -4,17 +4,13 @@ The defect this tracks: redaction was quadratic in line length (0.7 s for 28 KB,
 Each row redacts one line of the given size with the bot's Redactor (a known HF token set) and
 prints seconds and seconds per MB; a linear redactor shows a flat s/MB column across sizes. It also
 times ``/logs``'s whole pipeline (line assembly then redaction) on a 1.28 MB window.
-Run: .venv/bin/python bench/bench_redact.py   (takes about a minute)
+Run: .venv/bin/python -m bench.bench_redact   (takes about a minute)
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.watch.logtail import lines_from_bytes
 from bot.watch.redact import Redactor

@@ -10,10 +10,10 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from tests.fakediscord import FakeDiscord, start_bot
-from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, start_bot
+from tests.support.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
-__all__ = ["start_bot"]  # re-exported for tests: `from tests.fakediscord import start_bot` works too
+__all__ = ["start_bot"]  # re-exported for tests: `from tests.support.fakediscord import start_bot` works too
 
 MakeFake = Callable[..., Awaitable[FakeDiscord]]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.e2e.test_vastops_bot import APPROVER, REQUESTER, _assert_clean, _original, stack
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.ids import CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord.ids import CHANNEL_ID
 
 
 async def test_status_and_rent_too_soon_are_told_when_to_retry(fake_discord: FakeDiscord, tmp_path: Path) -> None:

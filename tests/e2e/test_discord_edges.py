@@ -20,8 +20,8 @@ from tests.e2e.test_vastops_bot import (
     _request_rental,
     stack,
 )
-from tests.fakediscord import FakeDiscord, StoredMessage, walk_components
-from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, StoredMessage, walk_components
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 
 def _select(msg: StoredMessage) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.clock import FakeClock
-from tests.fakediscord import BotCrashed, FakeDiscord, start_bot, validate_message
-from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import BotCrashed, FakeDiscord, start_bot, validate_message
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 REQUESTER = 2001
 APPROVER = 2002

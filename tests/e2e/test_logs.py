@@ -29,8 +29,8 @@ from tests.e2e.test_vastops_bot import (
     _true,
     stack,
 )
-from tests.fakediscord import FakeDiscord, StoredMessage, start_bot
-from tests.fakediscord.ids import NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, StoredMessage, start_bot
+from tests.support.fakediscord.ids import NOTIFY_CHANNEL_ID
 
 # Obviously fake key material: 64-character base64-alphabet lines.
 KEY_BODY = [f"FAKEKEYLINE{i:02d}" + "NotARealKeyJustTestData" * 2 + "abcdefg" for i in range(30)]

@@ -18,8 +18,8 @@ from tests.e2e.test_vastops_bot import (
     _original,
     stack,
 )
-from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
-from tests.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
+from tests.support.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 
 def _select(msg: StoredMessage) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.render import EMBED_FIELD_VALUE_LIMIT
 from tests.e2e.test_vastops_bot import REQUESTER, _assert_clean, _original, _request_rental, stack
-from tests.fakediscord import FakeDiscord
+from tests.support.fakediscord import FakeDiscord
 
 
 async def test_rent_hides_offers_whose_driver_cannot_run_the_image(fake_discord: FakeDiscord,

@@ -22,7 +22,7 @@ from bot.clock import FakeClock
 from bot.health import read_heartbeat, running_verdict
 from bot.settings import Settings, load_settings
 from tests.e2e.conftest import MakeFake
-from tests.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 
 def _settings(tmp_path: Path, token: str = "fake-token.not.real") -> Settings:

@@ -8,8 +8,8 @@ from pathlib import Path
 from bot import app
 from bot.settings import load_settings
 from tests.e2e.test_vastops_bot import _original
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 
 async def test_sim_backend_run_syncs_commands_and_rents_from_the_simulator(

@@ -13,8 +13,8 @@ from bot.db.models import Rental, RentalState
 from cogs.common import rental_progress, status_embed
 from cogs.status import links_view
 from tests.e2e.test_vastops_bot import APPROVER, OUTSIDER, REQUESTER, Stack, _assert_clean, _original, stack
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.ids import NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord.ids import NOTIFY_CHANNEL_ID
 
 COMFY = "http://203.0.113.7:40123"
 TUNNEL = "https://able-baker-charlie-delta.trycloudflare.com"

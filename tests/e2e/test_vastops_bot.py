@@ -25,8 +25,8 @@ from bot.settings import Settings
 from bot.sim.scenarios import load_scenario
 from bot.sim.stage import SIM_API_KEY, RehearsalStage
 from bot.vast.client import NO_SPACING, VastClient
-from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
-from tests.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 REQUESTER, APPROVER, APPROVER2, OUTSIDER = 3001, 3002, 3003, 3004
 FAKE_HF_TOKEN = "hf_" + "Zq9XvB3k" * 5

@@ -7,8 +7,8 @@ from pathlib import Path
 from bot.db.models import RentalState
 from bot.watch.engine import EV_FINDING
 from tests.e2e.test_vastops_bot import stack
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.ids import NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord.ids import NOTIFY_CHANNEL_ID
 
 
 async def test_an_event_that_cannot_be_rendered_is_skipped_and_later_events_flow(

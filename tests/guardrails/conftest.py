@@ -23,8 +23,8 @@ from bot.sim.stage import SIM_API_KEY, RehearsalStage
 from bot.vast.client import NO_SPACING, VastClient
 from bot.watch.engine import WatchEngine, WatchPolicy
 from tests.e2e.conftest import fake_discord, make_fake_discord  # noqa: F401 (the fake Discord fixtures)
-from tests.fakediscord import FakeDiscord, start_bot
-from tests.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord, start_bot
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 POLL = 15.0
 REQUESTER, APPROVER, APPROVER2, OTHER = 3001, 3002, 3003, 3004

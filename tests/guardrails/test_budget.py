@@ -21,9 +21,9 @@ from bot.budget import (
 from bot.db.models import Rental, RentalState
 from bot.watch.cost import rental_cost
 from cogs.budget import Budget
-from tests.fakediscord import FakeDiscord, StoredMessage, walk_components
-from tests.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
 from tests.guardrails.conftest import APPROVER, APPROVER2, POLL, REQUESTER, WEDNESDAY_1AM, BotWorld, open_bot_world
+from tests.support.fakediscord import FakeDiscord, StoredMessage, walk_components
+from tests.support.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 BUDGETS = {"budget_user_daily": 0.10, "budget_team_daily": 5.0, "budget_soft_threshold": 0.8,
            "budget_rent_estimate": 300.0}

@@ -10,9 +10,9 @@ import pytest
 
 from bot.db.models import RentalState
 from bot.render import check_limits
-from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, walk_components
-from tests.fakediscord.ids import CHANNEL_ID
 from tests.guardrails.conftest import APPROVER, OTHER, REQUESTER, BotWorld, open_bot_world
+from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, walk_components
+from tests.support.fakediscord.ids import CHANNEL_ID
 
 DAY = 86400.0
 
