@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.core.helpers import ROOT, cli
+
 SETTING_NAMES = ("DISCORD_TOKEN", "DISCORD_GUILD_ID", "NOTIFY_CHANNEL_ID", "APPROVER_ROLE_ID", "VAST_API_KEY",
                  "SSH_KEY_PATH", "PROVISION_SCRIPT_URL")
-
-
-def cli(args: list[str], tmp_path: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
-    base.update({"DATABASE_PATH": str(tmp_path / "db.sqlite"), **env})
-    # Run from an empty directory so no .env is picked up.
-    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=tmp_path, env={**base, "PYTHONPATH": str(ROOT)},
-                          input=stdin, capture_output=True, text=True, timeout=120)
 
 
 def test_check_with_empty_environment_names_every_missing_setting(tmp_path: Path) -> None:

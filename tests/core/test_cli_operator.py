@@ -18,7 +18,7 @@ from bot.clock import SystemClock
 from bot.db.models import RentalState
 from bot.db.store import Store
 from bot.sim.api import VastSim
-from tests.core.test_cli import ROOT, cli
+from tests.core.helpers import ROOT, cli
 
 KEY = "sim-operator-key"
 

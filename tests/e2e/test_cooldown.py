@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.test_vastops_bot import APPROVER, REQUESTER, _assert_clean, _original, stack
+from tests.e2e.helpers import APPROVER, REQUESTER, assert_clean, original, stack
 from tests.support.fakediscord import FakeDiscord
 from tests.support.fakediscord.ids import CHANNEL_ID
 
@@ -13,7 +13,7 @@ async def test_status_and_rent_too_soon_are_told_when_to_retry(fake_discord: Fak
     async with stack(fake_discord, tmp_path, command_cooldown=30) as s:
         first = await s.fake.slash("status", {}, user_id=REQUESTER)
         assert (await first.response())["type"] == 5
-        await _original(s.fake, first)
+        await original(s.fake, first)
         before = len(s.stage.sim.requests)
         await s.clock.advance(12)
         again = await s.fake.slash("status", {}, user_id=REQUESTER)
@@ -26,7 +26,7 @@ async def test_status_and_rent_too_soon_are_told_when_to_retry(fake_discord: Fak
         assert (await other.response())["type"] == 5
         rent = await s.fake.slash("rent", {"num_gpus": 1}, user_id=REQUESTER)
         assert (await rent.response())["type"] == 5
-        await _original(s.fake, rent, lambda m: bool(m.embeds))
+        await original(s.fake, rent, lambda m: bool(m.embeds))
         rent_again = await s.fake.slash("rent", {"num_gpus": 1}, user_id=REQUESTER)
         assert "try again in 30 s" in (await rent_again.response())["data"]["content"]
         # Once the cooldown is over, it runs again.
@@ -34,4 +34,4 @@ async def test_status_and_rent_too_soon_are_told_when_to_retry(fake_discord: Fak
         later = await s.fake.slash("status", {}, user_id=REQUESTER)
         assert (await later.response())["type"] == 5
         await s.fake.wait_for_message(CHANNEL_ID, lambda m: m.interaction_id == later.id and not m.loading)
-        _assert_clean(s)
+        assert_clean(s)

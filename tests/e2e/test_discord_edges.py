@@ -11,13 +11,13 @@ from typing import Any
 
 from bot.db.models import RentalState
 from bot.render import check_limits
-from tests.e2e.test_vastops_bot import (
+from tests.e2e.helpers import (
     APPROVER,
     REQUESTER,
     Stack,
-    _assert_clean,
-    _original,
-    _request_rental,
+    assert_clean,
+    original,
+    request_rental,
     stack,
 )
 from tests.support.fakediscord import FakeDiscord, StoredMessage, walk_components
@@ -30,7 +30,7 @@ def _select(msg: StoredMessage) -> dict[str, Any]:
 
 async def _picker(s: Stack, **options: Any) -> StoredMessage:
     inter = await s.fake.slash("rent", {"num_gpus": 1, **options}, user_id=REQUESTER)
-    return await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+    return await original(s.fake, inter, lambda m: bool(m.custom_ids()))
 
 
 def _shown_offer_id(option: dict[str, Any]) -> int:
@@ -55,7 +55,7 @@ async def test_destroy_that_fails_replaces_the_working_message(fake_discord: Fak
             label="vastops-deadbeef", requester_id=REQUESTER, requester_name="rita", offer_id=1,
             quoted_dph=0.4, now=now, state=RentalState.READY, started_at=now, gpu_name="RTX 4090", num_gpus=1)
         d = await s.fake.slash("destroy", {"rental": str(rental.id)}, user_id=REQUESTER)
-        confirm = await _original(s.fake, d, lambda m: bool(m.custom_ids()))
+        confirm = await original(s.fake, d, lambda m: bool(m.custom_ids()))
         button = next(c for c in confirm.custom_ids() if c.startswith("vastops:destroy:"))
         await s.store.close()  # the database goes away between the question and the click
         click = await s.fake.click(confirm.id, button, user_id=REQUESTER)
@@ -74,15 +74,15 @@ async def test_odd_rental_arguments_are_answered(fake_discord: FakeDiscord, tmp_
             choices = await s.fake.autocomplete("logs", {"rental": typed}, "rental", user_id=APPROVER, timeout=3)
             assert choices == []
             inter = await s.fake.slash("status", {"rental": typed}, user_id=REQUESTER)
-            shown = await _original(s.fake, inter)
+            shown = await original(s.fake, inter)
             assert shown.content.startswith("No rental"), shown.content
-        _assert_clean(s)
+        assert_clean(s)
 # ---------------------------------------------------------------- the 3-second acknowledgement
 
 
 async def test_deny_is_acknowledged_while_deliveries_are_slow(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
-        first, first_id = await _request_rental(s)
+        first, first_id = await request_rental(s)
         # Discord answers the next notify-channel post with a 2 s rate limit; the delivery that hits it
         # holds the engine's event pump meanwhile.
         s.fake.interaction_ack_deadline = 1.0
@@ -126,7 +126,7 @@ async def test_status_with_30_rentals_and_30_unknown_instances(fake_discord: Fak
                 comfyui_url=f"https://abc-{i}.trycloudflare.com/" + "x" * 150))
         strays = [s.stage.sim.seed_instance(label=f"stray-{i}-" + "y" * 60, age=600) for i in range(30)]
         inter = await s.fake.slash("status", {}, user_id=REQUESTER)
-        shown = await _original(s.fake, inter)
+        shown = await original(s.fake, inter)
         assert not check_limits(shown.payload)
         text = shown.text()
         assert text.index("30** active rental") < 200  # the headline comes first
@@ -142,7 +142,7 @@ async def test_status_with_30_rentals_and_30_unknown_instances(fake_discord: Fak
         for cid in buttons:
             assert f"Instance {cid.rsplit(':', 1)[1]}" in text
         assert name.endswith(".txt") and "attached" in text
-        _assert_clean(s)
+        assert_clean(s)
 
 
 
@@ -154,7 +154,7 @@ async def test_approval_ping_says_who_what_and_how_much(fake_discord: FakeDiscor
     fake_discord.add_member(5005, "**zed** @everyone")
     async with stack(fake_discord, tmp_path) as s:
         inter = await s.fake.slash("rent", {"num_gpus": 1}, user_id=5005)
-        picker = await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+        picker = await original(s.fake, inter, lambda m: bool(m.custom_ids()))
         select = _select(picker)
         pick = await s.fake.click(picker.id, select["custom_id"], user_id=5005,
                                   values=[select["options"][0]["value"]])
@@ -168,7 +168,7 @@ async def test_approval_ping_says_who_what_and_how_much(fake_discord: FakeDiscor
         assert f"${approval.payload['quoted_dph']:.3f}/h" in line and str(approval.payload["gpu_name"]) in line
         assert "\\*\\*zed\\*\\*" in line and "@everyone" not in line
         assert msg.pings.roles == [APPROVER_ROLE_ID] and not msg.pings.everyone
-        _assert_clean(s)
+        assert_clean(s)
 
 
 # ---------------------------------------------------------------- user input shown back
@@ -178,17 +178,17 @@ async def test_bad_country_codes_are_shown_escaped(fake_discord: FakeDiscord, tm
     async with stack(fake_discord, tmp_path) as s:
         typed = f"<@&{APPROVER_ROLE_ID}>, **x**"
         inter = await s.fake.slash("rent", {"excluded_countries": typed}, user_id=REQUESTER)
-        shown = await _original(s.fake, inter)
+        shown = await original(s.fake, inter)
         assert shown.content.startswith("excluded_countries:") and "two-letter" in shown.content
         assert f"<@&{APPROVER_ROLE_ID}>" not in shown.content and "\\*\\*X\\*\\*" in shown.content
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_the_race_loser_hears_the_winner_s_name_escaped(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     fake_discord.add_member(5006, "**ann**", roles=[APPROVER_ROLE_ID])
     fake_discord.add_member(5007, "__bob__", roles=[APPROVER_ROLE_ID])
     async with stack(fake_discord, tmp_path) as s:
-        msg, approval_id = await _request_rental(s)
+        msg, approval_id = await request_rental(s)
         approve = f"vastops:approval:{approval_id}:approve"
         a, b = await asyncio.gather(s.fake.click(msg.id, approve, user_id=5006),
                                     s.fake.click(msg.id, approve, user_id=5007))
@@ -196,4 +196,4 @@ async def test_the_race_loser_hears_the_winner_s_name_escaped(fake_discord: Fake
         await b.response()
         note = await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Already approved by" in m.content)
         assert "\\*\\*ann\\*\\*" in note.content or "\\_\\_bob\\_\\_" in note.content, note.content
-        _assert_clean(s)
+        assert_clean(s)

@@ -13,7 +13,7 @@ from bot.clock import FakeClock
 from bot.db.models import RentalState
 from bot.sim.scenarios import load_scenario
 from bot.sim.stage import RehearsalStage
-from tests.e2e.test_vastops_bot import (
+from tests.e2e.helpers import (
     APPROVER,
     APPROVER_ROLE_ID,
     FAKE_HF_TOKEN,
@@ -21,12 +21,12 @@ from tests.e2e.test_vastops_bot import (
     OUTSIDER,
     REQUESTER,
     Stack,
-    _assert_clean,
-    _members,
-    _open_bot,
-    _original,
-    _request_rental,
-    _true,
+    add_members,
+    always_true,
+    assert_clean,
+    open_bot,
+    original,
+    request_rental,
     stack,
 )
 from tests.support.fakediscord import FakeDiscord, StoredMessage, start_bot
@@ -39,7 +39,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 async def _ready_rental(s: Stack) -> int:
-    approval_msg, approval_id = await _request_rental(s)
+    approval_msg, approval_id = await request_rental(s)
     click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
     await click.response()
     await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text())
@@ -59,7 +59,7 @@ async def _append_log(s: Stack, rental_id: int, lines: list[str]) -> None:
     inst = s.stage.instances[rental.instance_id]
     with inst.local(s.settings.provision_log_path).open("a") as fh:
         fh.write("".join(line + "\n" for line in lines))
-    await s.drive(_true, polls=1)  # the watcher reads it: /logs reads up to the watcher's offset
+    await s.drive(always_true, polls=1)  # the watcher reads it: /logs reads up to the watcher's offset
 
 
 def _shown(msg: StoredMessage) -> str:
@@ -74,7 +74,7 @@ async def test_logs_window_inside_a_key_block_and_a_token_split_by_colour(fake_d
         await _append_log(s, rental_id, [*KEY_BLOCK, f"[hf] logging in with {split} now"])
         # 5 lines x 256 bytes back from the watcher's offset starts the window inside the key body.
         inter = await s.fake.slash("logs", {"rental": str(rental_id), "lines": 5}, user_id=REQUESTER)
-        shown = _shown(await _original(s.fake, inter))
+        shown = _shown(await original(s.fake, inter))
         assert "live over SSH" in shown
         for body in KEY_BODY:
             assert body[:16] not in shown
@@ -86,26 +86,26 @@ async def test_logs_window_inside_a_key_block_and_a_token_split_by_colour(fake_d
 
         # A bigger window sees the BEGIN line: the whole block is one redacted run.
         inter = await s.fake.slash("logs", {"rental": str(rental_id), "lines": 200}, user_id=REQUESTER)
-        shown = _shown(await _original(s.fake, inter))
+        shown = _shown(await original(s.fake, inter))
         assert not any(body[:16] in shown for body in KEY_BODY)
         assert "BEGIN OPENSSH" not in shown and "END OPENSSH" not in shown
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_logs_only_for_the_requester_and_approvers(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
         rental_id = await _ready_rental(s)
         inter = await s.fake.slash("logs", {"rental": str(rental_id)}, user_id=OUTSIDER)
-        refused = await _original(s.fake, inter)
+        refused = await original(s.fake, inter)
         assert refused.ephemeral and "Only the member who requested" in refused.content
         assert "```" not in refused.content and not refused.files
         assert "trycloudflare" not in _shown(refused)
 
         for user in (REQUESTER, APPROVER):
             inter = await s.fake.slash("logs", {"rental": str(rental_id), "lines": 20}, user_id=user)
-            shown = await _original(s.fake, inter)
+            shown = await original(s.fake, inter)
             assert shown.ephemeral and "live over SSH" in shown.content
-        _assert_clean(s)
+        assert_clean(s)
 
 
 @contextlib.asynccontextmanager
@@ -119,8 +119,8 @@ async def _stack_without_ssh(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator
         approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
         approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0, proposal_timeout=300,
     )
-    _members(fake)
-    store, vast, bot = await _open_bot(fake, stage, clock, settings)
+    add_members(fake)
+    store, vast, bot = await open_bot(fake, stage, clock, settings)
     try:
         async with start_bot(bot):
             yield Stack(fake, clock, stage, settings, store, vast, bot)
@@ -133,7 +133,7 @@ async def _stack_without_ssh(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator
 async def test_logs_from_the_container_log_are_cleaned_and_redacted(fake_discord: FakeDiscord,
                                                                      tmp_path: Path) -> None:
     async with _stack_without_ssh(fake_discord, tmp_path) as s:
-        approval_msg, approval_id = await _request_rental(s)
+        approval_msg, approval_id = await request_rental(s)
         click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve", user_id=APPROVER)
         await click.response()
         await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Rental #" in m.text())
@@ -155,11 +155,11 @@ async def test_logs_from_the_container_log_are_cleaned_and_redacted(fake_discord
         watch = s.bot.engine.watches[rental.id]
         assert watch.session is None and watch.memory.fallback  # the container-log fallback is what is tested
         inter = await s.fake.slash("logs", {"rental": str(rental.id), "lines": 100}, user_id=REQUESTER)
-        shown = _shown(await _original(s.fake, inter))
+        shown = _shown(await original(s.fake, inter))
         assert "container log via the Vast API" in shown
         assert not any(body[:16] in shown for body in KEY_BODY)
         assert "\x1b" not in shown
         plain = _ANSI.sub("", shown)
         assert FAKE_HF_TOKEN[:12] not in plain and FAKE_HF_TOKEN[12:] not in plain
         assert "logging in with «redacted:HF_TOKEN» now" in plain
-        _assert_clean(s)
+        assert_clean(s)

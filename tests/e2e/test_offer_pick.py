@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_vastops_bot import (
+from tests.e2e.helpers import (
     APPROVER,
     OUTSIDER,
     REQUESTER,
     Stack,
-    _assert_clean,
-    _open_bot,
-    _original,
+    assert_clean,
+    open_bot,
+    original,
     stack,
 )
 from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
@@ -28,7 +28,7 @@ def _select(msg: StoredMessage) -> dict[str, Any]:
 
 async def _picker(s: Stack, **options: Any) -> StoredMessage:
     inter = await s.fake.slash("rent", {"num_gpus": 1, **options}, user_id=REQUESTER)
-    return await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
+    return await original(s.fake, inter, lambda m: bool(m.custom_ids()))
 
 
 def _shown_offer_id(option: dict[str, Any]) -> int:
@@ -54,7 +54,7 @@ async def test_offer_pick_survives_a_restart(fake_discord: FakeDiscord, tmp_path
         offer_id = _shown_offer_id(option)
         await s.bot.close()
         # A new process: new bot, store and client on the same database file.
-        store, vast, bot = await _open_bot(s.fake, s.stage, s.clock, s.settings)
+        store, vast, bot = await open_bot(s.fake, s.stage, s.clock, s.settings)
         try:
             async with start_bot(bot):
                 pick = await s.fake.click(picker.id, select["custom_id"], user_id=REQUESTER,
@@ -70,7 +70,7 @@ async def test_offer_pick_survives_a_restart(fake_discord: FakeDiscord, tmp_path
         finally:
             await vast.aclose()
             await store.close()
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_binds_the_current_price_and_says_so(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ async def test_pick_binds_the_current_price_and_says_so(fake_discord: FakeDiscor
         done = await s.fake.wait_for_message(
             CHANNEL_ID, lambda m: m.id == picker.id and "waiting for an approver" in m.text())
         assert "price changed" in done.content.lower()
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_of_a_gone_offer_requests_nothing(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ async def test_pick_of_a_gone_offer_requests_nothing(fake_discord: FakeDiscord, 
             CHANNEL_ID, lambda m: m.id == picker.id and "no longer available" in m.content)
         assert "⏳" not in done.content and not done.custom_ids()
         assert not await s.store.list_rentals(limit=5)
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_by_someone_else_or_too_late_is_refused(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ async def test_pick_by_someone_else_or_too_late_is_refused(fake_discord: FakeDis
         msg = s.fake.message(picker.id)
         assert "expired" in msg.content and not msg.custom_ids()
         assert not await s.store.list_rentals(limit=5)
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_that_fails_replaces_the_working_message(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ async def test_pick_that_fails_replaces_the_working_message(fake_discord: FakeDi
         msg = await s.fake.wait_for_message(
             CHANNEL_ID, lambda m: m.id == picker.id and "Vast.ai did not answer" in m.content)
         assert "⏳" not in msg.content and "ref `" in msg.content and "Traceback" not in msg.content
-        _assert_clean(s)
+        assert_clean(s)
 
 
 # ---------------------------------------------------------------- picks the list never offered
@@ -174,7 +174,7 @@ async def test_pick_from_a_dm_is_refused(fake_discord: FakeDiscord, tmp_path: Pa
         assert body["type"] == 4 and body["data"]["flags"] & 64, body
         assert "server" in body["data"]["content"]
         await _nothing_requested(s)
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_with_an_issued_time_in_the_future_is_refused(fake_discord: FakeDiscord,
@@ -191,7 +191,7 @@ async def test_pick_with_an_issued_time_in_the_future_is_refused(fake_discord: F
             CHANNEL_ID, lambda m: m.id == picker.id and ("/rent again" in m.content or "waiting for" in m.text()))
         assert "expired" in done.content and not done.custom_ids()
         await _nothing_requested(s)
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_pick_carries_the_requesters_excluded_countries(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -209,4 +209,4 @@ async def test_pick_carries_the_requesters_excluded_countries(fake_discord: Fake
         rental = await s.store.get_rental(approval.rental_id)
         assert rental is not None
         assert {"DE", "FR"} <= set(rental.request["query"]["excluded_countries"])
-        _assert_clean(s)
+        assert_clean(s)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot import app
 from bot.settings import load_settings
-from tests.e2e.test_vastops_bot import _original
+from tests.e2e.helpers import original
 from tests.support.fakediscord import FakeDiscord
 from tests.support.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
@@ -31,7 +31,7 @@ async def test_sim_backend_run_syncs_commands_and_rents_from_the_simulator(
         assert {"rent", "status", "logs", "destroy"} <= names
         inter = await fake_discord.slash("rent", {"gpu": "RTX 4090"}, user_id=42, roles=[APPROVER_ROLE_ID])
         assert (await inter.response())["type"] == 5
-        picker = await _original(fake_discord, inter, lambda m: bool(m.custom_ids()))
+        picker = await original(fake_discord, inter, lambda m: bool(m.custom_ids()))
         shown = picker.text()
         assert "4090" in shown and "offer(s), cheapest first" in shown
         assert "excluding CN, UA" in shown

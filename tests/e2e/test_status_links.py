@@ -12,7 +12,7 @@ from pathlib import Path
 from bot.db.models import Rental, RentalState
 from cogs.common import rental_progress, status_embed
 from cogs.status import links_view
-from tests.e2e.test_vastops_bot import APPROVER, OUTSIDER, REQUESTER, Stack, _assert_clean, _original, stack
+from tests.e2e.helpers import APPROVER, OUTSIDER, REQUESTER, Stack, assert_clean, original, stack
 from tests.support.fakediscord import FakeDiscord
 from tests.support.fakediscord.ids import NOTIFY_CHANNEL_ID
 
@@ -30,7 +30,7 @@ async def _ready_rental(s: Stack, label: str, **urls: str) -> Rental:
 
 async def _status_text(s: Stack, user_id: int, **options: str) -> str:
     inter = await s.fake.slash("status", options, user_id=user_id)
-    shown = await _original(s.fake, inter)
+    shown = await original(s.fake, inter)
     assert shown.ephemeral
     return shown.text() + "".join(data.decode() for data in shown.files.values())
 
@@ -51,7 +51,7 @@ async def test_links_are_for_the_requester_and_approvers(fake_discord: FakeDisco
         await s.clock.advance(s.settings.command_cooldown + 1)
         detail = await _status_text(s, REQUESTER, rental=str(rental.id))
         assert COMFY in detail and TUNNEL in detail
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_a_link_whose_host_came_from_a_log_line_is_never_shown(fake_discord: FakeDiscord,
@@ -65,7 +65,7 @@ async def test_a_link_whose_host_came_from_a_log_line_is_never_shown(fake_discor
         await s.clock.advance(s.settings.command_cooldown + 1)
         detail = await _status_text(s, APPROVER, rental=str(rental.id))
         assert "example.net" not in detail
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_the_links_button_answers_privately_by_policy(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -87,4 +87,4 @@ async def test_the_links_button_answers_privately_by_policy(fake_discord: FakeDi
             answers[user] = body["data"]["content"]
         assert COMFY in answers[REQUESTER] and TUNNEL in answers[APPROVER]
         assert COMFY not in answers[OUTSIDER] and "Only the requester" in answers[OUTSIDER]
-        _assert_clean(s)
+        assert_clean(s)

@@ -2,142 +2,29 @@
 simulator, a real asyncssh server per instance (the rehearsal stage) and the watch engine ticked
 on a FakeClock."""
 
-# ruff: noqa: ASYNC109
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bot.app import VastopsBot, build_bot
-from bot.clock import FakeClock
 from bot.db.models import RentalState
-from bot.db.store import Store
-from bot.provisioning.preflight import preflight
-from bot.render import check_limits
-from bot.settings import Settings
-from bot.sim.scenarios import load_scenario
-from bot.sim.stage import SIM_API_KEY, RehearsalStage
-from bot.vast.client import NO_SPACING, VastClient
-from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, start_bot, walk_components
-from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
-
-REQUESTER, APPROVER, APPROVER2, OUTSIDER = 3001, 3002, 3003, 3004
-FAKE_HF_TOKEN = "hf_" + "Zq9XvB3k" * 5
-POLL = 15.0
-
-
-def _members(fake: FakeDiscord) -> None:
-    fake.add_member(REQUESTER, "rita")
-    fake.add_member(APPROVER, "ada", roles=[APPROVER_ROLE_ID])
-    fake.add_member(APPROVER2, "bea", roles=[APPROVER_ROLE_ID])
-    fake.add_member(OUTSIDER, "otto")
-
-
-@dataclass
-class Stack:
-    fake: FakeDiscord
-    clock: FakeClock
-    stage: RehearsalStage
-    settings: Settings
-    store: Store
-    vast: VastClient
-    bot: VastopsBot
-
-    @property
-    def notify(self) -> list[StoredMessage]:
-        return self.fake.messages_in(NOTIFY_CHANNEL_ID)
-
-    async def drive(self, until: Callable[[], Any], polls: int = 40) -> None:
-        """Tick the engine once per poll interval of simulated time until ``until()`` is truthy."""
-        for _ in range(polls):
-            await self.bot.engine.tick()
-            if await until():
-                break
-            await self.clock.advance(POLL, step=1.0)
-        await self.bot.engine.pump()  # delivery runs on its own task: let it catch up before looking
-        await self.bot.notifier.flush()
-
-
-async def _open_bot(fake: FakeDiscord, stage: RehearsalStage, clock: FakeClock, settings: Settings, *,
-                    with_preflight: bool = True) -> tuple[Store, VastClient, VastopsBot]:
-    store = await Store.open(settings.database_path)
-    vast = VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock, min_spacing=NO_SPACING)
-    # The real preflight, asking the stage's fake gist host instead of api.github.com.
-    check = functools.partial(preflight, gist_api_base=stage.gist.base_url) if with_preflight else None
-    bot = await build_bot(settings, store=store, vast=vast, clock=clock, watch_loop=False, preflight=check)
-    return store, vast, bot
-
-
-@contextlib.asynccontextmanager
-async def stack(fake: FakeDiscord, tmp_path: Path, scenario: str = "happy",
-                with_preflight: bool = True, **overrides: Any) -> AsyncIterator[Stack]:
-    clock = FakeClock()
-    stage = RehearsalStage(load_scenario(scenario), clock, workdir=tmp_path / "stage", logs_delay=0.0)
-    settings = await stage.start(
-        discord_token="fake-token.not.real", discord_guild_id=GUILD_ID, notify_channel_id=NOTIFY_CHANNEL_ID,
-        approver_role_id=APPROVER_ROLE_ID, teardown_policy="propose", hf_token=FAKE_HF_TOKEN,
-        approval_timeout=600, self_approve_max_price=0.0, max_price_per_hour=2.0, proposal_timeout=300,
-        # Most tests run commands back to back; the cooldown's own tests turn it on.
-        **{"command_cooldown": 0, **overrides},
-    )
-    _members(fake)
-    store, vast, bot = await _open_bot(fake, stage, clock, settings, with_preflight=with_preflight)
-    try:
-        async with start_bot(bot):
-            yield Stack(fake, clock, stage, settings, store, vast, bot)
-    finally:
-        await vast.aclose()
-        await store.close()
-        await stage.stop()
-
-
-def _by_interaction(fake: FakeDiscord, inter: FakeInteraction) -> Callable[[StoredMessage], bool]:
-    return lambda m: m.interaction_id == inter.id and not m.loading
-
-
-async def _original(fake: FakeDiscord, inter: FakeInteraction,
-                    check: Callable[[StoredMessage], bool] = lambda m: True,
-                    timeout: float = 5.0) -> StoredMessage:
-    return await fake.wait_for_message(inter.channel_id or CHANNEL_ID,
-                                       lambda m: _by_interaction(fake, inter)(m) and check(m), timeout)
-
-
-async def _request_rental(s: Stack) -> tuple[StoredMessage, int]:
-    """/rent as the requester, pick the first offer; returns the approval message and its approval id."""
-    inter = await s.fake.slash("rent", {"num_gpus": 1}, user_id=REQUESTER)
-    assert (await inter.response())["type"] == 5
-    picker = await _original(s.fake, inter, lambda m: bool(m.custom_ids()))
-    assert picker.ephemeral and "offer(s), cheapest first" in picker.text()
-    select = next(c for c in walk_components(picker.components) if c.get("type") == 3)
-    pick = await s.fake.click(picker.id, select["custom_id"], user_id=REQUESTER,
-                              values=[select["options"][0]["value"]])
-    assert (await pick.response())["type"] == 7
-    approval_msg = await s.fake.wait_for_message(
-        NOTIFY_CHANNEL_ID, lambda m: any(c.startswith("vastops:approval:") for c in m.custom_ids()))
-    approval_id = int(approval_msg.custom_ids()[0].split(":")[2])
-    await s.fake.wait_for_message(CHANNEL_ID,
-                                  lambda m: m.id == picker.id and "waiting for an approver" in m.text())
-    return approval_msg, approval_id
-
-
-def _assert_clean(s: Stack) -> None:
-    """No request was refused by the fake (size limits, bad payloads) and nothing ever pinged @everyone."""
-    refused = [(r.method, r.path, r.status, r.response) for r in s.fake.requests if r.status >= 400]
-    assert not refused, refused
-    for inter in s.fake.interactions.values():
-        assert not inter.rejected, inter.rejected
-    for channel in (CHANNEL_ID, NOTIFY_CHANNEL_ID):
-        for msg in s.fake.messages_in(channel):
-            assert not msg.pings.everyone and not msg.pings.users
-            assert set(msg.pings.roles) <= {APPROVER_ROLE_ID}
-            assert not check_limits(msg.payload)
+from tests.e2e.helpers import (
+    APPROVER,
+    APPROVER2,
+    FAKE_HF_TOKEN,
+    OUTSIDER,
+    REQUESTER,
+    always_true,
+    assert_clean,
+    open_bot,
+    original,
+    request_rental,
+    stack,
+)
+from tests.support.fakediscord import FakeDiscord, StoredMessage, start_bot
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, NOTIFY_CHANNEL_ID
 
 
 async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_path: Path) -> None:
@@ -148,7 +35,7 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
         choices = await fake.autocomplete("rent", {"gpu": "409"}, "gpu", user_id=REQUESTER)
         assert "RTX 4090" in [c["value"] for c in choices]
 
-        approval_msg, approval_id = await _request_rental(s)
+        approval_msg, approval_id = await request_rental(s)
         assert approval_msg.pings.roles == [APPROVER_ROLE_ID]  # the one intended ping
         approve = f"vastops:approval:{approval_id}:approve"
 
@@ -206,30 +93,30 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
         inst = s.stage.instances[rental.instance_id or 0]
         with inst.local(s.settings.provision_log_path).open("a") as fh:
             fh.write(f"ERROR: download failed: 401 Unauthorized for token {FAKE_HF_TOKEN} @everyone ```\n")
-        await s.drive(lambda: _true(), polls=1)
+        await s.drive(lambda: always_true(), polls=1)
         finding = await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "401 Unauthorized" in m.text())
         assert FAKE_HF_TOKEN not in finding.text() and "@everyone" not in finding.text()
         assert not finding.pings.everyone
 
         # /logs: the redacted tail; long output becomes a file.
         logs = await fake.slash("logs", {"rental": str(rental.id), "lines": 3}, user_id=REQUESTER)
-        short = await _original(fake, logs)
+        short = await original(fake, logs)
         assert "live over SSH" in short.content and "```" in short.content and not short.files
         assert FAKE_HF_TOKEN not in short.content
         logs = await fake.slash("logs", {"rental": str(rental.id), "lines": 5000}, user_id=REQUESTER)
-        long = await _original(fake, logs)
+        long = await original(fake, logs)
         (name, data), = long.files.items()
         assert name == f"rental-{rental.id}.log" and len(data) > 2000 and FAKE_HF_TOKEN.encode() not in data
 
         # /status lists it with its progress.
         st = await fake.slash("status", {}, user_id=REQUESTER)
-        overview = await _original(fake, st)
+        overview = await original(fake, st)
         assert f"Rental #{rental.id}" in overview.text() and "1** active rental" in overview.text()
 
         # /destroy: confirm privately, then the receipt in the channel once Vast confirms.
         d = await fake.slash("destroy", {"rental": str(rental.id), "reason": "done testing"},
                              user_id=REQUESTER)
-        confirm = await _original(fake, d, lambda m: bool(m.custom_ids()))
+        confirm = await original(fake, d, lambda m: bool(m.custom_ids()))
         button = next(c for c in confirm.custom_ids() if c.startswith("vastops:destroy:"))
         done = await fake.click(confirm.id, button, user_id=REQUESTER)
         assert (await done.response())["type"] == 7
@@ -237,16 +124,12 @@ async def test_rent_approve_watch_logs_destroy(fake_discord: FakeDiscord, tmp_pa
         assert "done testing" in receipt.text() and "comfyui ready" in receipt.text()
         await fake.wait_for_message(CHANNEL_ID, lambda m: m.id == confirm.id and "destroyed" in m.content)
         assert not s.stage.sim.instances
-        _assert_clean(s)
-
-
-async def _true() -> bool:
-    return True
+        assert_clean(s)
 
 
 async def test_click_on_an_expired_request(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
-        approval_msg, approval_id = await _request_rental(s)
+        approval_msg, approval_id = await request_rental(s)
         await s.clock.advance(601)  # past APPROVAL_TIMEOUT, before the engine's sweep
         late = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
                                   user_id=APPROVER)
@@ -258,15 +141,15 @@ async def test_click_on_an_expired_request(fake_discord: FakeDiscord, tmp_path: 
                                             and not m.custom_ids() and "Expired" in m.text())
         assert "nothing was rented" in msg.text()
         assert not s.stage.sim.instances
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_button_survives_a_restart(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
-        approval_msg, approval_id = await _request_rental(s)
+        approval_msg, approval_id = await request_rental(s)
         await s.bot.close()
         # A new process: new bot, store and client on the same database file.
-        store, vast, bot = await _open_bot(s.fake, s.stage, s.clock, s.settings)
+        store, vast, bot = await open_bot(s.fake, s.stage, s.clock, s.settings)
         try:
             async with start_bot(bot):
                 click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
@@ -280,7 +163,7 @@ async def test_button_survives_a_restart(fake_discord: FakeDiscord, tmp_path: Pa
         finally:
             await vast.aclose()
             await store.close()
-        _assert_clean(s)
+        assert_clean(s)
 
 
 @pytest.mark.parametrize("answer", ["click", "expire"])
@@ -288,7 +171,7 @@ async def test_teardown_proposal_buttons(fake_discord: FakeDiscord, tmp_path: Pa
     # The preflight would refuse this script URL (see test_preflight_blocks_a_dead_script_url); without it
     # the engine's watch is the second line of defence.
     async with stack(fake_discord, tmp_path, scenario="script-404", with_preflight=False) as s:
-        approval_msg, approval_id = await _request_rental(s)
+        approval_msg, approval_id = await request_rental(s)
         click = await s.fake.click(approval_msg.id, f"vastops:approval:{approval_id}:approve",
                                    user_id=APPROVER)
         await click.response()
@@ -323,26 +206,26 @@ async def test_teardown_proposal_buttons(fake_discord: FakeDiscord, tmp_path: Pa
         receipt = await s.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: "Receipt" in m.text())
         assert "script_missing" in receipt.text() or "script" in receipt.text()
         assert not s.stage.sim.instances
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_preflight_blocks_a_dead_script_url(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path, scenario="script-404") as s:
         inter = await s.fake.slash("rent", {}, user_id=REQUESTER)
-        shown = await _original(s.fake, inter)
+        shown = await original(s.fake, inter)
         assert "❌" in shown.text() and not shown.custom_ids()  # the checks, and nothing to pick
         assert "Fix the failed preflight checks" in shown.text()
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_failing_command_gets_a_clear_private_answer(fake_discord: FakeDiscord, tmp_path: Path) -> None:
     async with stack(fake_discord, tmp_path) as s:
         s.stage.sim.inject_fault("POST", "/api/v0/bundles/", "500")
         inter = await s.fake.slash("rent", {}, user_id=REQUESTER)
-        shown = await _original(s.fake, inter)
+        shown = await original(s.fake, inter)
         assert shown.ephemeral and "Vast.ai did not answer as expected" in shown.content
         assert "ref `" in shown.content and "Traceback" not in shown.content
-        _assert_clean(s)
+        assert_clean(s)
 
 
 async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: FakeDiscord,
@@ -350,7 +233,7 @@ async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: Fa
     async with stack(fake_discord, tmp_path) as s:
         stray = s.stage.sim.seed_instance(label="someone-elses", age=600)
         inter = await s.fake.slash("status", {}, user_id=REQUESTER)
-        shown = await _original(s.fake, inter)
+        shown = await original(s.fake, inter)
         assert f"Instance {stray}" in shown.text() and "not known to the bot" in shown.text()
         button = f"vastops:orphan:{stray}"
         assert button in shown.custom_ids()
@@ -364,4 +247,4 @@ async def test_unknown_instance_is_listed_with_a_destroy_button(fake_discord: Fa
         await s.fake.wait_for_message(CHANNEL_ID,
                                       lambda m: m.id == confirm.id and "Vast confirmed" in m.content)
         assert stray not in s.stage.sim.instances
-        _assert_clean(s)
+        assert_clean(s)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bot.db.models import RentalState
 from bot.watch.engine import EV_FINDING
-from tests.e2e.test_vastops_bot import stack
+from tests.e2e.helpers import stack
 from tests.support.fakediscord import FakeDiscord
 from tests.support.fakediscord.ids import NOTIFY_CHANNEL_ID
 
