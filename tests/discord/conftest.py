@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bot.clock import FakeClock
-from bot.db.models import Approval
 from bot.db.store import Store
 from bot.rentals import RentalService
 from bot.sim.api import VastSim
 from bot.sim.stage import StageSettings
 from bot.vast.client import NO_SPACING, VastClient
 from bot.watch.engine import WatchEngine, WatchPolicy
-
-REQUESTER, APPROVER, OTHER = 1001, 2002, 3003
-
-
-@dataclass
-class World:
-    clock: FakeClock
-    sim: VastSim
-    store: Store
-    engine: WatchEngine
-    service: RentalService
-    settings: StageSettings
+from tests.discord.helpers import World
 
 
 @pytest.fixture
@@ -52,9 +39,3 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         await sim.stop()
 
 
-async def request_approval(world: World) -> Approval:
-    """The cheapest offer requested by REQUESTER: the pending rent approval."""
-    offers = await world.service.search(world.service.query())
-    assert offers
-    _, approval = await world.service.request(offers[0], requester_id=REQUESTER, requester_name="req")
-    return approval

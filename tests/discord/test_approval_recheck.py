@@ -18,7 +18,7 @@ from bot.rentals import Decision, DecisionResult, RentalService
 from bot.vast.client import NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
 from bot.watch.engine import EV_APPROVAL
-from tests.discord.conftest import APPROVER, OTHER, REQUESTER, World, request_approval
+from tests.discord.helpers import APPROVER, OTHER, REQUESTER, World, request_approval
 
 
 async def _approve(world: World, approval: Approval, user_id: int = APPROVER, name: str = "alice") -> Decision:

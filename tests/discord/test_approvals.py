@@ -13,7 +13,7 @@ from bot.render import CUSTOM_ID_LIMIT
 from bot.rentals import DecisionResult, may_decide
 from cogs.approvals import APPROVAL_TEMPLATE, ApprovalButton, approval_custom_id, parse_approval_custom_id
 from cogs.destroy import DESTROY_TEMPLATE, destroy_custom_id
-from tests.discord.conftest import APPROVER, OTHER, REQUESTER, World, request_approval
+from tests.discord.helpers import APPROVER, OTHER, REQUESTER, World, request_approval
 
 # ---------------------------------------------------------------- custom ids
 

@@ -14,7 +14,7 @@ from bot.provisioning.preflight import PreflightReport
 from bot.rentals import Decision, DecisionResult, RentalService
 from bot.vast.client import NO_SPACING, VastClient
 from bot.watch.engine import EV_APPROVAL, EV_RECEIPT
-from tests.discord.conftest import APPROVER, OTHER, REQUESTER, World, request_approval
+from tests.discord.helpers import APPROVER, OTHER, REQUESTER, World, request_approval
 
 
 async def _approve(world: World, approval: Approval, user_id: int = APPROVER, name: str = "alice") -> Decision:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.discord.conftest import REQUESTER, World
+from tests.discord.helpers import REQUESTER, World
 
 
 async def test_an_offer_without_gpu_ram_is_quoted_with_unknown_vram(world: World) -> None:

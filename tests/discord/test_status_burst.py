@@ -17,7 +17,7 @@ from bot.sim.api import VastSim
 from bot.sim.stage import StageSettings
 from bot.vast.client import DEFAULT_MIN_SPACING, LIST, VastClient
 from bot.watch.engine import WatchEngine, WatchPolicy
-from tests.vast.conftest import drive
+from tests.vast.helpers import drive
 
 
 async def _finished_at(clock: FakeClock, call: Awaitable[object]) -> float:

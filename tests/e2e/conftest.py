@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -10,12 +10,9 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from tests.support.fakediscord import FakeDiscord, start_bot
+from tests.e2e.helpers import MakeFake
+from tests.support.fakediscord import FakeDiscord
 from tests.support.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
-
-__all__ = ["start_bot"]  # re-exported for tests: `from tests.support.fakediscord import start_bot` works too
-
-MakeFake = Callable[..., Awaitable[FakeDiscord]]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessag
 from tests.support.fakediscord.ids import APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 REQUESTER, APPROVER, APPROVER2, OUTSIDER = 3001, 3002, 3003, 3004
+# What the make_fake_discord fixture yields: ``await make_fake_discord(**overrides)``.
+MakeFake = Callable[..., Awaitable[FakeDiscord]]
 FAKE_HF_TOKEN = "hf_" + "Zq9XvB3k" * 5
 POLL = 15.0
 

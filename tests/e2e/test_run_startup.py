@@ -21,7 +21,7 @@ from bot import app
 from bot.clock import FakeClock
 from bot.health import read_heartbeat, running_verdict
 from bot.settings import Settings, load_settings
-from tests.e2e.conftest import MakeFake
+from tests.e2e.helpers import MakeFake
 from tests.support.fakediscord.ids import APPROVER_ROLE_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 

@@ -17,7 +17,7 @@ from bot.audit import build_report, render_csv, render_json, render_text, split_
 from bot.audit_cli import AuditUsageError, parse_since
 from bot.db.models import RentalState
 from bot.watch.cost import rental_cost
-from tests.guardrails.conftest import OTHER, World
+from tests.guardrails.helpers import OTHER, World
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from bot.budget import (
 from bot.db.models import Rental, RentalState
 from bot.watch.cost import rental_cost
 from cogs.budget import Budget
-from tests.guardrails.conftest import APPROVER, APPROVER2, POLL, REQUESTER, WEDNESDAY_1AM, BotWorld, open_bot_world
+from tests.guardrails.helpers import APPROVER, APPROVER2, POLL, REQUESTER, WEDNESDAY_1AM, BotWorld, open_bot_world
 from tests.support.fakediscord import FakeDiscord, StoredMessage, walk_components
 from tests.support.fakediscord.ids import CHANNEL_ID, NOTIFY_CHANNEL_ID
 

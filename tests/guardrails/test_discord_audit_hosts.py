@@ -10,7 +10,7 @@ import pytest
 
 from bot.db.models import RentalState
 from bot.render import check_limits
-from tests.guardrails.conftest import APPROVER, OTHER, REQUESTER, BotWorld, open_bot_world
+from tests.guardrails.helpers import APPROVER, OTHER, REQUESTER, BotWorld, open_bot_world
 from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage, walk_components
 from tests.support.fakediscord.ids import CHANNEL_ID
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.sim.hub import FakeHub, HubFile, HubRepo
-from tests.provisioning.conftest import WebServer
+from tests.provisioning.helpers import WebServer
 from tests.provisioning.stubs import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from bot.provisioning.probes import CACHE_TTL_S, ProbeCache
 from bot.sim.catalog import make_offer
 from bot.sim.hub import FakeHub, HubFile, HubRepo
 from bot.vast.models import Offer
-from tests.provisioning.conftest import Route, WebServer, make_settings
+from tests.provisioning.helpers import Route, WebServer, make_settings
 
 FLUX = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors"
 SDXL = "https://huggingface.co/stabilityai/sdxl/resolve/main/sd_xl_base_1.0.safetensors"

@@ -29,8 +29,8 @@ from bot.provisioning.onstart import (
     onstart_script,
     vast_limit_problems,
 )
-from tests.provisioning.conftest import WebServer, make_settings
 from tests.provisioning.contract_check import assert_contract_lines, assert_seq_monotonic
+from tests.provisioning.helpers import WebServer, make_settings
 from tests.provisioning.stubs import SCRIPT, Sandbox
 
 BASH = shutil.which("bash") or "/bin/bash"

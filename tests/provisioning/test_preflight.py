@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from bot.provisioning.preflight import PreflightReport, preflight
-from tests.provisioning.conftest import Route, WebServer, make_settings
+from tests.provisioning.helpers import Route, WebServer, make_settings
 from tests.provisioning.stubs import SCRIPT
 
 GOOD = SCRIPT.read_bytes()

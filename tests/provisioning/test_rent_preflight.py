@@ -25,8 +25,8 @@ from bot.sim.stage import StageSettings
 from bot.vast.client import NO_SPACING, VastClient
 from bot.watch.engine import WatchEngine, WatchPolicy
 from cogs.approvals import approval_reply
-from tests.discord.conftest import APPROVER, REQUESTER, World
-from tests.provisioning.conftest import WebServer
+from tests.discord.helpers import APPROVER, REQUESTER, World
+from tests.provisioning.helpers import WebServer
 from tests.provisioning.stubs import SCRIPT
 
 SDXL = "https://huggingface.co/stabilityai/sdxl/resolve/main/sd_xl_base_1.0.safetensors"

@@ -1,48 +1,18 @@
-"""Fixtures for the Vast tests: the simulator on loopback, a real client pointed at it, a FakeClock.
-
-``drive`` runs a client operation to completion, advancing the FakeClock to each pending
-sleeper's deadline (backoff, spacing, polling) so nothing waits in real time.
-"""
+"""Fixtures for the Vast tests: the simulator on loopback, a real client pointed at it, a FakeClock
+(``tests.vast.helpers.drive`` runs a client operation on it), and a watchdog for a forgotten sleeper."""
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from bot.clock import FakeClock
 from bot.sim.api import VastSim
 from bot.vast import NO_SPACING, VastClient
-
-T = TypeVar("T")
-SIM_KEY = "vk-test-5f3c9a1e-secret"
-
-
-def next_deadline(clock: FakeClock) -> float | None:
-    # FakeClock keeps its sleepers private; peeking lets the driver jump straight to the next wake-up.
-    pending = [deadline for deadline, _, fut in clock._sleepers if not fut.done()]
-    return min(pending) if pending else None
-
-
-async def drive(clock: FakeClock, awaitable: Awaitable[T], *, max_sim_seconds: float = 7200) -> T:
-    """Await ``awaitable`` while moving the FakeClock to each sleeper's deadline as it comes."""
-    task = asyncio.ensure_future(awaitable)
-    start = clock.now()
-    while not task.done():
-        await asyncio.sleep(0.001)  # real time for loopback I/O between clock steps
-        if task.done():
-            break
-        deadline = next_deadline(clock)
-        if deadline is None:
-            continue
-        if deadline - start > max_sim_seconds:
-            task.cancel()
-            raise AssertionError(f"operation still sleeping after {max_sim_seconds}s of simulated time")
-        await clock.advance(max(0.0, deadline - clock.now()))
-    return task.result()
+from tests.vast.helpers import SIM_KEY, ClientFactory, SimFactory
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +26,6 @@ def _watchdog() -> Iterator[None]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-SimFactory = Callable[..., Awaitable[VastSim]]
-ClientFactory = Callable[..., VastClient]
 
 
 @pytest.fixture

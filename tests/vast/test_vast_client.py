@@ -19,7 +19,7 @@ from bot.vast import (
     VastRequestRejected,
 )
 from bot.vast.client import GET_ONE, LIST, LOG_RESULT
-from tests.vast.conftest import SIM_KEY, ClientFactory, SimFactory, drive
+from tests.vast.helpers import SIM_KEY, ClientFactory, SimFactory, drive
 
 BAD_GEOLOCATIONS = {"Guangdong, China", "Beijing, China", "Kharkiv, Ukraine", "Sichuan, CN", "Kyiv, UA", "CN"}
 

@@ -13,7 +13,7 @@ from bot.vast import (
     VastUnavailableOffer,
 )
 from bot.vast.client import CREATE, LIST
-from tests.vast.conftest import ClientFactory, drive
+from tests.vast.helpers import ClientFactory, drive
 
 IMAGE = "vastai/comfyui:@vastai-automatic-tag"
 

@@ -11,7 +11,7 @@ from bot.clock import FakeClock
 from bot.sim.api import VastSim
 from bot.vast import VastClient, VastServerError, VastTransportError
 from bot.vast.client import CREATE, VastCreateOutcomeUnknown
-from tests.vast.conftest import drive
+from tests.vast.helpers import drive
 
 IMAGE = "vastai/comfyui:@vastai-automatic-tag"
 

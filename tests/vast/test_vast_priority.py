@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 
 from bot.clock import FakeClock
 from bot.vast.client import DEFAULT_MIN_SPACING, DESTROY, LIST, Priority, VastClient
-from tests.vast.conftest import ClientFactory, SimFactory, drive
+from tests.vast.helpers import ClientFactory, SimFactory, drive
 
 SPACING = DEFAULT_MIN_SPACING[LIST]
 

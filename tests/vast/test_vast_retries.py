@@ -17,7 +17,7 @@ from bot.vast import (
     VastTransportError,
 )
 from bot.vast.client import CURRENT_USER, LIST
-from tests.vast.conftest import ClientFactory, SimFactory, drive
+from tests.vast.helpers import ClientFactory, SimFactory, drive
 
 
 @pytest.mark.parametrize("kind", ["429_text", "429_json", "429_destroy"])

@@ -12,7 +12,7 @@ from bot.sim.api import PUBLISHED_RATE_LIMITS, VastSim, geolocation_code
 from bot.sim.catalog import default_catalogue
 from bot.vast import DEFAULT_MIN_SPACING, OfferQuery, VastClient
 from bot.vast.client import BUNDLES, GET_ONE, LIST
-from tests.vast.conftest import SIM_KEY, ClientFactory, SimFactory, drive
+from tests.vast.helpers import SIM_KEY, ClientFactory, SimFactory, drive
 
 AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
 
