@@ -449,10 +449,13 @@ class RentalService:
 
 
     # ------------------------------------------------------------------ unknown instances
-    async def unknown_instances(self) -> list[Instance]:
-        """Instances on the Vast account that no open rental accounts for: they bill all the same."""
+    async def unknown_instances(self, listed: list[Instance] | None = None) -> list[Instance]:
+        """Instances on the Vast account that no open rental accounts for: they bill all the same.
+
+        ``listed``: the account as a recent poll saw it (else it is listed now).
+        """
         unknown = []
-        for inst in await self.vast.list_instances():
+        for inst in listed if listed is not None else await self.vast.list_instances():
             rental = await self.store.get_rental_by_instance(inst.id)
             if rental is None or rental.is_terminal:
                 unknown.append(inst)

@@ -50,6 +50,7 @@ from bot.watch.records import STORE_ERRORS, Alarms, Recorder
 from bot.watch.redact import Redactor
 from bot.watch.state import RentalWatch, SshConnector, WatchMemory, WatchPolicy
 from bot.watch.teardown import Teardown
+from bot.watch.views import WatchViews
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class WatchEngine:
         # The account as the last successful list showed it (a read API serves /status from it).
         self.last_list: dict[int, Instance] = {}
         self.last_list_at: float | None = None
+        self.views = WatchViews(self)
 
     @property
     def notifier(self) -> Notifier | None:
