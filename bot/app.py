@@ -347,6 +347,17 @@ def _remove_stop_signals() -> None:
             loop.remove_signal_handler(sig)
 
 
+async def _resume_creates(rentals: RentalService) -> None:
+    """Create what was approved but never sent to Vast before the last stop (see RentalService)."""
+    try:
+        sent = await rentals.resume_creates()
+    except Exception:  # the watch still finds anything by label; this must not stop the bot
+        log.exception("resuming approved rentals failed")
+        return
+    if sent:
+        log.warning("%d approved rental(s) were created after the restart", sent)
+
+
 async def _run(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None,
                retry: RetryPolicy | None = None, rng: random.Random | None = None) -> int:
     """The watcher first, then Discord, retried forever; a heartbeat file after every watch poll."""
@@ -380,15 +391,16 @@ async def _run_until_stopped(settings: Settings, clock: Clock, stop: asyncio.Eve
                 check_every=min(settings.poll_interval, 5.0)), name="heartbeat")
             # Watching starts before (and does not depend on) the Discord login.
             await bot.engine.start()
+            resume = asyncio.create_task(_resume_creates(bot.rentals), name="resume-creates")
             connection = asyncio.create_task(link.run(), name="discord-link")
             stopped = asyncio.create_task(stop.wait(), name="stop-signal")
             try:
                 await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 code = connection.result() if connection.done() else 0
             finally:
-                for task in (connection, stopped, beat):
+                for task in (connection, stopped, beat, resume):
                     task.cancel()
-                await asyncio.gather(connection, stopped, beat, return_exceptions=True)
+                await asyncio.gather(connection, stopped, beat, resume, return_exceptions=True)
                 await link.close()
             return code
     finally:
