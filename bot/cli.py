@@ -45,6 +45,12 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
         lines.append(CheckLine("VAST_BACKEND", None, "sim: the built-in simulator, no spend, no key needed"))
         for name, why in settings.missing_for("run"):
             lines.append(CheckLine(name, None, f"not set (needed by `run`: {why})"))
+        from bot.sim.scenarios import scenario_names
+
+        if settings.sim_scenario not in scenario_names():
+            lines.append(CheckLine("SIM_SCENARIO", False, f"unknown scenario {settings.sim_scenario!r}",
+                                   f"choose one of {', '.join(scenario_names())}"))
+            missing = [*missing, ("SIM_SCENARIO", "")]
     config_failed = bool(missing)
     runtime_failed = False
     for name, where, closest in unknown_setting_keys(Path(".env")):
@@ -86,17 +92,14 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 
     # Provisioning script preflight, when configured.
     if settings.provision_script_url is not None:
-        try:
-            from bot.provisioning.preflight import preflight
-        except ImportError:  # pragma: no cover - preflight lands with the provisioning contract
-            preflight = None
-        if preflight is not None:
-            report = await preflight(settings)
-            for item in report.checks:
-                ok = {"ok": True, "warn": None, "fail": False}[item.status]
-                if ok is False:
-                    config_failed = True
-                lines.append(CheckLine(f"preflight: {item.name}", ok, item.detail, item.fix or ""))
+        from bot.provisioning.preflight import preflight
+
+        report = await preflight(settings)
+        for item in report.checks:
+            ok = {"ok": True, "warn": None, "fail": False}[item.status]
+            if ok is False:
+                config_failed = True
+            lines.append(CheckLine(f"preflight: {item.name}", ok, item.detail, item.fix or ""))
 
     # Database: usable, sound, and never created by a check.
     db_line, db_config = await _database_check(settings.database_path)

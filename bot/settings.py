@@ -185,16 +185,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"{code!r} is not a two-letter country code (e.g. CN,UA)")
         return codes
 
-    @field_validator("sim_scenario")
-    @classmethod
-    def _scenario(cls, value: str) -> str:
-        from bot.sim.scenarios import scenario_names
-
-        names = scenario_names()
-        if value not in names:
-            raise ValueError(f"unknown scenario {value!r}; choose one of {', '.join(names)}")
-        return value
-
     @field_validator("provision_script_sha256")
     @classmethod
     def _sha(cls, value: str | None) -> str | None:

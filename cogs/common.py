@@ -19,7 +19,8 @@ from discord import app_commands
 from bot.cooldown import Cooldown
 from bot.db.models import ACTIVE_STATES, OPEN_STATES, Rental, RentalState
 from bot.durations import format_duration
-from bot.render import CHOICE_NAME_LIMIT, Render, Reply, escape, money, progress_bar, timestamp, truncate
+from bot.render import CHOICE_NAME_LIMIT, Render, escape, money, progress_bar, timestamp, truncate
+from bot.replies import answer
 from bot.watch.cost import rental_cost
 from bot.watch.links import displayable
 from bot.watch.model import Milestone
@@ -83,31 +84,6 @@ def in_our_guild(bot: VastopsBot, interaction: discord.Interaction[Any]) -> bool
 
 def user_name(user: discord.abc.User | discord.Member) -> str:
     return getattr(user, "display_name", None) or user.name
-
-
-async def answer(interaction: discord.Interaction[Any], text: str | None = None, *,
-                 reply: Reply | None = None, ephemeral: bool = True) -> None:
-    """Tell the user something whatever state the interaction is in.
-
-    Not answered yet: the initial response. Answered (or deferred): a followup while the
-    15-minute token lives. Token dead: a plain message in the channel (visible to all, so the
-    text must be fit for that; it mentions the user without pinging anyone else).
-    """
-    reply = reply or Reply(content=text)
-    try:
-        if not interaction.response.is_done():
-            await interaction.response.send_message(ephemeral=ephemeral, **reply.kwargs())
-        elif not interaction.is_expired():
-            await interaction.followup.send(ephemeral=ephemeral, **reply.kwargs())
-        elif interaction.channel is not None and isinstance(interaction.channel, discord.abc.Messageable):
-            content = f"{interaction.user.mention} {reply.content or ''}"
-            await interaction.channel.send(
-                **{**reply.kwargs(), "content": truncate(content, 2000)},
-                allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False,
-                                                         roles=False),
-            )
-    except discord.HTTPException:
-        log.warning("could not answer interaction %s", interaction.id, exc_info=True)
 
 
 # ---------------------------------------------------------------- cooldowns

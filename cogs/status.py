@@ -269,4 +269,4 @@ class Status(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Status(bot))
-    bot.add_dynamic_items(LinksButton)
+    bot.add_dynamic_items(OrphanDestroyButton, LinksButton)

@@ -301,10 +301,16 @@ class ChannelNotifier:
 
 
 class Watcher(commands.Cog):
-    """Owns nothing: the notifier is created with the bot; this cog only exposes it to ``/status``."""
+    """Installs the channel notifier: the engine's events reach the channel while this cog is loaded."""
 
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        notifier = ChannelNotifier(self.bot, min_edit_interval=self.bot.status_edit_interval)
+        self.bot.notifier = notifier
+        self.bot.engine.notifier = notifier
+        self.bot.engine.outbox.wake()  # what waited while no notifier was installed goes out now
 
 
 async def setup(bot: VastopsBot) -> None:
