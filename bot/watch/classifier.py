@@ -1,9 +1,21 @@
 """Classify one log line against the ordered rule file (``rules.json``, shipped as package data).
 
 First matching rule wins; platform noise comes first in the file because several noise lines
-contain "Error", "CRIT" or "WRN". Lines that match no rule but look like errors (a traceback,
-``ERROR``, ``Error:``, ``FATAL``, an exception, ``failed``, apt's ``E:``) become ``unknown``
-warnings so nothing alarming is silently dropped; ordinary lines classify as ``None``.
+contain "Error", "CRIT" or "WRN". ``set -x`` trace lines (``+ cmd``, ``++ cmd``) are commands a script
+is about to run, not results, so they are never classified (a traced ``trap '... [ERROR] ...'`` is
+not an error).
+
+Lines no rule knows (the rule for unknown lines):
+* reported as ``unknown`` at ``warn`` only when they have the *shape of a failure*: a traceback's
+  last line (``SomeError: ...``), a non-zero exit (``exit status 2``, ``(exit 1)``, ``Killed``,
+  ``Segmentation fault``), ``fatal:``/``error:``/``E:``/``ERROR:``/``[ERROR]`` at the start of the
+  line (git, pip, apt, the Vast provisioner, aria2c), bash's ``script: line N: ...`` errors, or an
+  HTTP 4xx/5xx status on a download (``awaiting response... 404``, ``HTTP/2 403``, ``returned
+  error: 500``);
+* otherwise, if they merely contain an error word (``error``, ``failed``, ``CRIT``...), counted as
+  ``unknown`` at ``info`` (``UNKNOWN_INFO``): never a warning, never degrading a run, but listed by
+  ``/logs errors_only``;
+* ordinary lines classify as ``None``.
 
 Speed: every rule's regex is reduced (via the regex parser) to literal substrings one of which any
 match must contain. A literal with a word in its middle is found by intersecting that word with the
@@ -34,10 +46,12 @@ except ImportError:  # pragma: no cover - other Python versions
 
 RULES_RESOURCE = "rules.json"
 _REQUIRED_KEYS = ("id", "pattern", "category", "severity", "stops_run", "advice")
-_OPTIONAL_KEYS = ("consequence",)
+_OPTIONAL_KEYS = ("consequence", "required_missing")
 _MIN_LITERAL = 3
 UNKNOWN_RULE_ID = "unknown.error_line"
+UNKNOWN_INFO_RULE_ID = "unknown.error_word"
 UNKNOWN_ADVICE = "Unrecognised error line; it may be harmless. Look at the lines around it if the run misbehaves."
+UNKNOWN_INFO_ADVICE = "An unrecognised line with an error word but not the shape of a failure; usually harmless."
 
 
 class RuleError(ValueError):
@@ -55,6 +69,10 @@ class Rule:
     stops_run: bool
     advice: str
     consequence: bool = False
+    # The line shows that something the run needs is missing (a workflow asking for a model file that
+    # is absent or not a model, a script saying a required download failed): an earlier failed
+    # download is then the run's cause, and it stops being optional.
+    required_missing: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +93,7 @@ class Classification:
     stops_run: bool
     advice: str
     consequence: bool = False
+    required_missing: bool = False
 
     @property
     def noise(self) -> bool:
@@ -82,7 +101,8 @@ class Classification:
 
     @property
     def unknown(self) -> bool:
-        return self.rule_id == UNKNOWN_RULE_ID
+        """No rule knew the line (a failure-shaped ``warn`` or a merely wordy ``info`` line)."""
+        return self.rule_id in (UNKNOWN_RULE_ID, UNKNOWN_INFO_RULE_ID)
 
     def to_finding(self, text: str, line: int | None = None) -> Finding:
         return Finding(category=self.category, severity=self.severity, text=text, advice=self.advice,
@@ -90,10 +110,12 @@ class Classification:
 
     @classmethod
     def of(cls, rule: Rule) -> Classification:
-        return cls(rule.id, rule.category, rule.severity, rule.stops_run, rule.advice, rule.consequence)
+        return cls(rule.id, rule.category, rule.severity, rule.stops_run, rule.advice, rule.consequence,
+                   rule.required_missing)
 
 
 UNKNOWN_ERROR = Classification(UNKNOWN_RULE_ID, Category.UNKNOWN, Severity.WARN, False, UNKNOWN_ADVICE)
+UNKNOWN_INFO = Classification(UNKNOWN_INFO_RULE_ID, Category.UNKNOWN, Severity.INFO, False, UNKNOWN_INFO_ADVICE)
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -151,11 +173,11 @@ def parse_rules(data: Any, where: str = "rules") -> list[Rule]:
         for key in ("pattern", "advice"):
             if not isinstance(item[key], str) or not item[key]:
                 raise RuleError(f"{name}: {key} must be a non-empty string")
-        for key in ("stops_run", "consequence"):
+        for key in ("stops_run", "consequence", "required_missing"):
             if key in item and not isinstance(item[key], bool):
                 raise RuleError(f"{name}: {key} must be true or false")
         rules.append(Rule(rule_id, item["pattern"], category, severity, item["stops_run"], item["advice"],
-                          item.get("consequence", False)))
+                          item.get("consequence", False), item.get("required_missing", False)))
     return rules
 
 
@@ -344,6 +366,43 @@ _NOT_ERROR = re.compile(
 )
 
 
+# The shape of a failure, for lines no rule knows (see the module docstring). Case matters for the
+# exception names; the tool prefixes are matched case-insensitively where tools differ.
+_FAILURE_SHAPE = re.compile(
+    # a traceback's last line, optionally after ComfyUI's "<timestamp> - " prefix
+    r"^(?:\S+ - )?(?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?::\s|:?$)"
+    # git / pip / apt / uv / the Vast provisioner and aria2c at the start of the line
+    r"|^(?i:fatal|error)\s*:\s|^E:\s|^(?:[\d/:.,T\- ]+)?\[(?:ERROR|FATAL)\]"
+    # bash reporting a failed command of a script
+    r"|^\S+: line \d+: "
+    # a non-zero exit, a killed or crashed process
+    r"|\b(?i:exit(?:ed)?|returned)(?: with)?(?: (?:a )?non-zero)?(?: exit)? (?i:status|code)[ :=]*[1-9]\d*\b"
+    r"|\((?:exit|rc=?) ?[1-9]\d*\)|\bnon-zero exit (?:status|code)\b"
+    r"|Segmentation fault|core dumped|(?:^|\s)Killed(?:\s|$)"
+    # an HTTP 4xx/5xx status on a download
+    r"|(?i:awaiting response\.\.\.|HTTP/[\d.]+|HTTP Error|returned error:|status code:?|response code:?)\s*[45]\d\d\b"
+    r"|\b[45]\d\d (?:Client|Server) Error\b"
+)
+_SHAPE_WORDS = ("error", "fatal", "exception", "exit", "e:", "interrupt", "line ", "segmentation", "core dump",
+                "killed", "http", "returned", "status", "awaiting", "(rc", "response code")
+_XTRACE = re.compile(r"\++ ")
+
+
+def is_xtrace(text: str) -> bool:
+    """A ``set -x`` trace line: the command about to run, echoed with bash's ``+`` prefix."""
+    return text[:1] == "+" and _XTRACE.match(text) is not None
+
+
+def failure_shaped(text: str, low: str | None = None) -> bool:
+    """True for lines shaped like a failure report (see the module docstring)."""
+    if low is None:
+        low = fold_lower(text)
+    for word in _SHAPE_WORDS:
+        if word in low:
+            return _FAILURE_SHAPE.search(text) is not None
+    return False
+
+
 def looks_like_error(text: str, low: str | None = None) -> bool:
     """True for lines that read like an error report (used for lines no rule recognises).
 
@@ -407,12 +466,16 @@ class Classifier:
 
     # -- internals --------------------------------------------------------------------------------
     def _classify(self, text: str) -> Classification | None:
+        if text[:1] == "+" and _XTRACE.match(text):
+            return None  # a traced command, not its result
         low = fold_lower(text)
         index = self._first_rule(text, low)
         if index is not None:
             return self._results[index]
-        if looks_like_error(text, low):
+        if failure_shaped(text, low):
             return UNKNOWN_ERROR
+        if looks_like_error(text, low):
+            return UNKNOWN_INFO
         return None
 
     def _first_rule(self, text: str, low: str) -> int | None:
