@@ -87,7 +87,8 @@ def only_errors(bot: VastopsBot, lines: list[str]) -> list[str]:
     keep = []
     for line in lines:
         found = bot.engine.classifier.classify_line(line)
-        if found is not None and not found.noise and found.severity.rank >= Severity.WARN.rank:
+        # Unrecognised lines with error words are info (they never post) but belong in this view.
+        if found is not None and not found.noise and (found.unknown or found.severity.rank >= Severity.WARN.rank):
             keep.append(line)
     return keep
 
@@ -99,7 +100,7 @@ class Logs(commands.Cog):
     @app_commands.command(name="logs", description="The redacted tail of a rental's provisioning log")
     @app_commands.guild_only()
     @app_commands.describe(rental="which rental", lines="how many lines (default 50)",
-                           errors_only="only lines the classifier flags as warnings or worse")
+                           errors_only="only warnings or worse, and unrecognised lines with error words")
     async def logs(self, interaction: discord.Interaction[Any], rental: str,
                    lines: app_commands.Range[int, 1, 5000] = 50, errors_only: bool = False) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
