@@ -30,10 +30,12 @@ Lines no rule knows but that carry an error word (``UNKNOWN_INFO``) are counted 
 and classified, but are not findings: they never post, never degrade.
 
 Cause: for a failed run, in the failed attempt, among findings before its first failure signal,
-the earliest fatal/stops-run finding, else the earliest error finding; consequence lines are never
-the cause. With none, a ``dependency_fatal`` finding "provisioning script failed without a
-recognised cause — see the last 20 lines" pointing at the failure signal's line. For a degraded
-run, the most severe finding (earliest first) of the latest attempt that has any.
+the earliest fatal/stops-run finding, else the earliest error finding, else the last failure-shaped
+unknown line; consequence lines are never the cause. With none, a ``dependency_fatal`` finding
+"provisioning script failed without a recognised cause — see the last 20 lines" pointing at the
+failure signal's line. For a degraded
+run, the most severe finding (earliest first, a recognised category before ``unknown``) of the
+latest attempt that has any.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from bot.watch.classifier import Classification, Classifier
+from bot.watch.classifier import UNKNOWN_INFO, Classification, Classifier
 from bot.watch.milestones import MilestoneParser, ProvEvent, parse_event
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.redact import Redactor
@@ -66,6 +68,7 @@ _HTTP_STATUS = re.compile(r"\b[45]\d\d\b")
 # The file a required_missing line names: the first quoted name, else a model-looking word.
 _MISSING_NAME = re.compile(r"'([^']+)'|([\w.+-]+\.(?:safetensors|ckpt|pth?|bin|gguf|sft|onnx))\b")
 _DOWNLOAD_CATEGORIES = frozenset({Category.AUTH, Category.SCRIPT_MISSING})
+_NOISE = Category.PLATFORM_NOISE  # an alias: enum attribute lookups are slow on the per-line path
 _RUNNING_SCRIPT = re.compile(r"\bRunning provisioning script\b")
 
 
@@ -127,7 +130,8 @@ class RunAnalysis:
         if self.redactor is not None:
             text = self.redactor.redact_line(text)
         self.lines_seen += 1
-        self._last_line = max(self._last_line, lineno)
+        if lineno > self._last_line:
+            self._last_line = lineno
         event = parse_event(text)
         if event is not None:
             return self._feed_event(event, text, lineno)
@@ -140,21 +144,24 @@ class RunAnalysis:
         if "http" in text or "Saving to" in text:
             self._note_subject(text)
         cls = self.classifier.classify_line(text)
+        noise = False
         if cls is not None:
             outcome.classification = cls
-            self._count(cls.category)
-            if cls.unknown and cls.severity == Severity.INFO:
+            self._counter[cls.category] += 1  # a StrEnum key is the same dict key as its value
+            noise = cls.category is _NOISE
+            if cls is UNKNOWN_INFO:
                 pass  # counted and classified, but not a finding (module docstring)
             elif cls.required_missing:
                 outcome.finding = self._required_missing(cls, text, lineno)
             else:
                 finding = cls.to_finding(text, lineno)
                 outcome.finding = finding
-                if not cls.noise:
+                if not noise:
                     self._add(finding, consequence=cls.consequence, subject=self._subject)
             if cls.consequence:
                 self._signal(lineno)
-        outcome.milestones = self._milestone_hits(self.milestone_parser.feed_native(text, lineno), lineno)
+        if not noise:  # no noise rule matches a milestone line: skip the parser for them
+            outcome.milestones = self._milestone_hits(self.milestone_parser.feed_native(text, lineno), lineno)
         if "Attempt " in text and (m := _ATTEMPT_FAILED.search(text)):
             if cls is None or not cls.consequence:
                 self._signal(lineno)
@@ -231,6 +238,11 @@ class RunAnalysis:
             for finding in candidates:
                 if wanted(finding):
                     return finding
+        # A failure-shaped line no rule knows (``hf: command not found`` under ``set -e``): the last
+        # one before the script stopped is what stopped it.
+        shaped = [f for f in candidates if f.category == Category.UNKNOWN and f.severity == Severity.WARN]
+        if shaped:
+            return shaped[-1]
         line = before if before is not None else self._last_line or None
         text = NO_CAUSE_TEXT
         done = self._run_done_fail.get(attempt)
@@ -265,8 +277,11 @@ class RunAnalysis:
             return None
         latest = max(r.attempt for r in records)
         records = [r for r in records if r.attempt == latest]
-        top = max(r.finding.severity.rank for r in records)
-        return next(r.finding for r in records if r.finding.severity.rank == top)
+        # The most severe; at equal severity a recognised cause beats an unrecognised line.
+        def weight(r: _Record) -> tuple[int, bool]:
+            return r.finding.severity.rank, r.finding.category != Category.UNKNOWN
+        top = max(map(weight, records))
+        return next(r.finding for r in records if weight(r) == top)
 
     # -- required pieces ---------------------------------------------------------------------------
     def _note_subject(self, text: str) -> None:

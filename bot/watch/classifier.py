@@ -366,25 +366,26 @@ _NOT_ERROR = re.compile(
 )
 
 
-# The shape of a failure, for lines no rule knows (see the module docstring). Case matters for the
-# exception names; the tool prefixes are matched case-insensitively where tools differ.
-_FAILURE_SHAPE = re.compile(
-    # a traceback's last line, optionally after ComfyUI's "<timestamp> - " prefix
-    r"^(?:\S+ - )?(?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?::\s|:?$)"
-    # git / pip / apt / uv / the Vast provisioner and aria2c at the start of the line
-    r"|^(?i:fatal|error)\s*:\s|^E:\s|^(?:[\d/:.,T\- ]+)?\[(?:ERROR|FATAL)\]"
-    # bash reporting a failed command of a script
-    r"|^\S+: line \d+: "
-    # a non-zero exit, a killed or crashed process
-    r"|\b(?i:exit(?:ed)?|returned)(?: with)?(?: (?:a )?non-zero)?(?: exit)? (?i:status|code)[ :=]*[1-9]\d*\b"
-    r"|\((?:exit|rc=?) ?[1-9]\d*\)|\bnon-zero exit (?:status|code)\b"
-    r"|Segmentation fault|core dumped|(?:^|\s)Killed(?:\s|$)"
-    # an HTTP 4xx/5xx status on a download
-    r"|(?i:awaiting response\.\.\.|HTTP/[\d.]+|HTTP Error|returned error:|status code:?|response code:?)\s*[45]\d\d\b"
-    r"|\b[45]\d\d (?:Client|Server) Error\b"
-)
-_SHAPE_WORDS = ("error", "fatal", "exception", "exit", "e:", "interrupt", "line ", "segmentation", "core dump",
-                "killed", "http", "returned", "status", "awaiting", "(rc", "response code")
+# The shape of a failure, for lines no rule knows (see the module docstring). Each shape has a cheap
+# substring gate and a small regex, anchored where it can be: one big alternation searched at every
+# position of every line was several times slower than the whole rule set.
+_TRACEBACK_LAST = re.compile(r"(?:\S+ - )?(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?::\s|:?$)")
+_TOOL_PREFIX = re.compile(r"(?i:fatal|error)\s*:\s|E:\s|[\d/:.,T\- ]*\[(?:ERROR|FATAL)\]")
+_BASH_ERROR = re.compile(r"\S+: line \d+: ")
+_NONZERO_EXIT = re.compile(
+    r"\b(?i:exit(?:ed)?|returned)(?: with)?(?: (?:a )?non-zero)?(?: exit)? (?i:status|code)[ :=]*[1-9]\d*\b"
+    r"|\(exit [1-9]\d*\)|\bnon-zero exit (?:status|code)\b")
+_CRASH_WORDS = ("Segmentation fault", "core dumped")
+_KILLED = re.compile(r"(?:^|\s)Killed(?:\s|$)")
+_HTTP_FAILURE = re.compile(
+    r"(?i:awaiting response\.\.\.|HTTP/[\d.]+|HTTP Error|returned error:|status code:?|response code:?)\s*[45]\d\d\b"
+    r"|\b[45]\d\d (?:Client|Server) Error\b")
+_HTTP_WORDS = ("awaiting response", "http/", "http error", "returned error", "status code", "response code",
+               " client error", " server error")
+# Whole words one of which a failure-shaped line without an error word contains ("exit status 2",
+# "(exit 1)", "script: line 9:", "awaiting response... 404", "HTTP/2 403", "status code: 500").
+_QUIET_SHAPE_TOKENS = frozenset({"exit", "exited", "returned", "(exit", "line", "awaiting", "code", "code:", "status",
+                                 "status:", "http/1.0", "http/1.1", "http/2", "http/3", "<", "killed"})
 _XTRACE = re.compile(r"\++ ")
 
 
@@ -397,9 +398,26 @@ def failure_shaped(text: str, low: str | None = None) -> bool:
     """True for lines shaped like a failure report (see the module docstring)."""
     if low is None:
         low = fold_lower(text)
-    for word in _SHAPE_WORDS:
+    if ":" in text:
+        if ("Error" in text or "Exception" in text or "Exit" in text or "Interrupt" in text) \
+                and _TRACEBACK_LAST.match(text):
+            return True
+        head = low.lstrip()[:8]
+        if (head.startswith(("fatal", "error", "e:")) or "[error]" in low or "[fatal]" in low) \
+                and _TOOL_PREFIX.match(text.lstrip()):
+            return True
+        if ": line " in text and _BASH_ERROR.match(text):
+            return True
+    if ("exit" in low or "returned" in low) and _NONZERO_EXIT.search(text):
+        return True
+    if "Killed" in text and _KILLED.search(text):
+        return True
+    for word in _CRASH_WORDS:
+        if word in text:
+            return True
+    for word in _HTTP_WORDS:
         if word in low:
-            return _FAILURE_SHAPE.search(text) is not None
+            return _HTTP_FAILURE.search(text) is not None
     return False
 
 
@@ -410,8 +428,11 @@ def looks_like_error(text: str, low: str | None = None) -> bool:
     """
     if low is None:
         low = text.lower()
-    if not _has_error_word(low):
-        return False
+    return _has_error_word(low) and _errorish(text)
+
+
+def _errorish(text: str) -> bool:
+    """The precise half of ``looks_like_error``, for a line already known to carry an error word."""
     if _ERRORISH.search(text) is None:
         return False
     return _ERRORISH.search(_NOT_ERROR.sub(" ", text)) is not None
@@ -444,8 +465,12 @@ class Classifier:
         self.ungated_rules = tuple(self.rules[i].id for i in ungated)
         self._ungated = frozenset(ungated)
         self._anchors = frozenset(by_anchor)
+        self._token_gate = self._anchors | _QUIET_SHAPE_TOKENS
         self._by_anchor = {tok: frozenset(idx) for tok, idx in by_anchor.items()}
         self._literal_groups = _group_literals({lit: frozenset(idx) for lit, idx in by_literal.items()})
+        # The same groups split for the hot loop: a bare loop over keys, members looked up on a hit.
+        self._group_keys = tuple(key for key, _ in self._literal_groups)
+        self._group_members = dict(self._literal_groups)
         self._cache: dict[str, Classification | None] = {}
 
     def classify_line(self, text: str) -> Classification | None:
@@ -469,27 +494,38 @@ class Classifier:
         if text[:1] == "+" and _XTRACE.match(text):
             return None  # a traced command, not its result
         low = fold_lower(text)
-        index = self._first_rule(text, low)
+        # The line's words that gate a rule or a quiet failure shape: one C-level set intersection.
+        words = self._token_gate.intersection(low.split())
+        index = self._first_rule(text, low, words)
         if index is not None:
             return self._results[index]
-        if failure_shaped(text, low):
-            return UNKNOWN_ERROR
-        if looks_like_error(text, low):
-            return UNKNOWN_INFO
+        if _has_error_word(low):
+            if failure_shaped(text, low):
+                return UNKNOWN_ERROR
+            return UNKNOWN_INFO if _errorish(text) else None
+        # Without an error word only a few shapes are possible (an exit status, bash's "line N:",
+        # an HTTP status), each with one of a few whole words: one C-level set check.
+        if words and not _QUIET_SHAPE_TOKENS.isdisjoint(words):
+            return UNKNOWN_ERROR if failure_shaped(text, low) else None
         return None
 
-    def _first_rule(self, text: str, low: str) -> int | None:
-        """Index of the first matching rule. Only rules whose required literal occurs are tried."""
-        candidates = set(self._ungated)
+    def _first_rule(self, text: str, low: str, words: set[str] | None = None) -> int | None:
+        """Index of the first matching rule. Only rules whose required literal occurs are tried.
+
+        ``words`` may pass the line's words that are in ``_token_gate`` when the caller has them.
+        """
+        candidates = set(self._ungated) if self._ungated else set()
         # A literal with a word in its middle ("no SPACE left on device") can only occur if that
         # word is one of the line's whitespace-separated tokens: one C-level set intersection.
-        for token in self._anchors.intersection(low.split()):
-            candidates |= self._by_anchor[token]
+        for token in self._token_gate.intersection(low.split()) if words is None else words:
+            indices = self._by_anchor.get(token)
+            if indices is not None:
+                candidates |= indices
         # The other literals are checked in groups sharing a substring ("error" for "error 404",
         # "client error"...), so a line without the shared part costs one check for the group.
-        for key, members in self._literal_groups:
+        for key in self._group_keys:
             if key in low:
-                for lit, indices in members:
+                for lit, indices in self._group_members[key]:
                     if lit is key or lit in low:
                         candidates |= indices
         if not candidates:
@@ -537,8 +573,9 @@ def _anchor_token(literal: str) -> str | None:
     return max(inner, key=lambda p: (p not in _COMMON_WORDS, len(p)))
 
 
+# Stop words, and words that fill ordinary provisioning logs ("Requirement already satisfied").
 _COMMON_WORDS = frozenset(
-    "a an and are as at be by for from has have in is it not of on or that the this to was with".split())
+    "a an and are as at be by for from has have in is it not of on or that the this to was with already".split())
 
 
 _MISS = object()

@@ -128,11 +128,34 @@ _TORCH = re.compile(r"\b(?:py)?torch(?: version)?\s*[:=]\s*(\d+\.\d+\S*)|^(?:tor
                     r"(?:\s+|,\s*)(?:cuda(?: available)?\s*[:=]?\s*)?True\b", re.IGNORECASE)
 _NODE_ACTIVITY = re.compile(r"Cloning into '[^']*/custom_nodes/([^'/]+)'|Downloading node: (\S+)|Updating node: (\S+)"
                             r"|Git repo ready: \S*/custom_nodes/(\S+)|Repo already exists: \S*/custom_nodes/(\S+)")
-_MODEL_DONE = re.compile(r"Successfully downloaded:?\s*(\S+)?|File already exists: (\S+)"
-                         r"|\s100%\[=*>?\]|['‘]\S+['’] saved \[(?P<n>\d+)/(?P=n)\]|\[NOTICE\] Download complete: (\S+)"
-                         r"|^\w+\|OK\s*\|" r"|\b100%\|[^|]*\|\s*(?P<sz>[\d.]+\s?[kMGT]?i?B?)/(?P=sz)(?![\d.])"
-                         r"|^\s*100\s+[\d.]+[kMGT]?\s+100\s+[\d.]+[kMGT]?\s")
-_MODEL_DONE_WORDS = ("Successfully downloaded", "File already exists", "100%", "saved [", "Download complete", "|OK")
+_MODEL_DONE = re.compile(r"Successfully downloaded:?\s*(\S+)?|File already exists: (\S+)")
+# The other "a file finished" shapes, each behind its own substring gate (see ``_model_done``).
+_DONE_100 = re.compile(r"\s100%\[=*>?\]|\b100%\|[^|]*\|\s*(?P<sz>[\d.]+\s?[kMGT]?i?B?)/(?P=sz)(?![\d.])")
+_DONE_SAVED = re.compile(r"['‘]\S+['’] saved \[(?P<n>\d+)/(?P=n)\]")
+_DONE_ARIA = re.compile(r"\w+\|OK\s*\|")
+_DONE_CURL = re.compile(r"\s*100\s+[\d.]+[MGT]\s+100\s+[\d.]+[MGT]\s")
+
+
+def _model_done(line: str, successfully: bool, download: bool) -> bool:
+    """A line saying one model file finished downloading (or was already there).
+
+    ``successfully`` / ``download``: whether ``"Successfully "`` / ``"ownload"`` occur in the line.
+    """
+    if (successfully and download) or "File already exists" in line:
+        return _MODEL_DONE.search(line) is not None
+    if download and "Download complete: " in line:
+        return "[NOTICE]" in line
+    if "saved [" in line:
+        return _DONE_SAVED.search(line) is not None
+    if "|OK" in line:
+        return _DONE_ARIA.match(line) is not None
+    if "100" not in line:
+        return False
+    if "100%" in line:
+        return _DONE_100.search(line) is not None
+    return line.lstrip()[:4] == "100 " and _DONE_CURL.match(line) is not None
+
+
 _MODEL_STAGE = re.compile(r"Downloading \d+ model|^\s*Downloading: https?://"
                           r"|Downloading https?://\S+ \(attempt \d+/\d+\)|\[NOTICE\] Downloading \d+ item"
                           r"|(?:huggingface-cli|hf) download \S")
@@ -147,6 +170,17 @@ _TUNNEL_PORTAL = re.compile(r"Default Tunnel started for Instance Portal \(([^)]
 _TRYCLOUDFLARE = re.compile(r"https://\w+(?:-\w+)+\.trycloudflare\.com")
 _TUNNEL_TARGET = re.compile(r"\[(https?://[^\]\s]+)\]")
 _NAMED_TUNNEL = re.compile(r"Cloudflare daemon started|Named tunnel process started")
+
+
+# Enum attribute lookups cost several times a dict lookup; the per-line path uses these aliases.
+_M_COMFYUI_READY = Milestone.COMFYUI_READY
+_M_PACKAGES_INSTALLED = Milestone.PACKAGES_INSTALLED
+_M_PORTAL_READY = Milestone.PORTAL_READY
+_M_PROVISIONING_COMPLETE = Milestone.PROVISIONING_COMPLETE
+_M_PROVISIONING_STARTED = Milestone.PROVISIONING_STARTED
+_M_SCRIPT_FETCHED = Milestone.SCRIPT_FETCHED
+_M_TORCH_READY = Milestone.TORCH_READY
+_M_TUNNEL_READY = Milestone.TUNNEL_READY
 
 
 class MilestoneParser:
@@ -213,14 +247,18 @@ class MilestoneParser:
         hits: list[MilestoneHit] = []
         seen = self.seen
         # Each regex runs only when a word it needs is present: most lines pass the gate for one reason.
-        if (Milestone.PROVISIONING_STARTED not in seen and "rovision" in line
-                and (m := _PROV_STARTED.search(line))):
+        # Checks that share a word are nested under it, so an ordinary line costs few substring tests.
+        provision = "rovision" in line
+        if provision and _M_PROVISIONING_STARTED not in seen and (m := _PROV_STARTED.search(line)):
             detail = {"url": strip_query(m.group(1))} if m.group(1) else {}
-            self._hit(hits, Milestone.PROVISIONING_STARTED, lineno, **detail)
-        if Milestone.SCRIPT_FETCHED not in seen:
+            self._hit(hits, _M_PROVISIONING_STARTED, lineno, **detail)
+        successfully = "Successfully " in line
+        if _M_SCRIPT_FETCHED not in seen and (
+                self._pending_script is not None or provision or successfully or "Script saved" in line
+                or "line 1:" in line):
             self._script_fetched(hits, line, lineno)
-        if Milestone.PACKAGES_INSTALLED not in seen and "nstalled" in line and _PACKAGES.search(line):
-            self._hit(hits, Milestone.PACKAGES_INSTALLED, lineno)
+        if _M_PACKAGES_INSTALLED not in seen and "nstalled" in line and _PACKAGES.search(line):
+            self._hit(hits, _M_PACKAGES_INSTALLED, lineno)
         if "cd " in line and line.startswith(("+", "cd ")) and _CD_OTHER.match(line):
             self._in_nodes_dir = _CD_NODES.match(line) is not None
         if ("custom_nodes" in line or "node: " in line) and _NODE_ACTIVITY.search(line):
@@ -230,29 +268,29 @@ class MilestoneParser:
         elif self._in_nodes_dir and line.startswith("Cloning into") and _RELATIVE_CLONE.match(line):
             self._nodes_open = True
             self._nodes_count += 1
-        if ((any(word in line for word in _MODEL_DONE_WORDS) or line.lstrip().startswith("100 "))
-                and _MODEL_DONE.search(line)):
+        download = "ownload" in line
+        if _model_done(line, successfully, download):
             self._close_nodes(hits, lineno)
             self._models_done += 1
             self._last_model_line = lineno
-        elif "Downloading" in line and _MODEL_STAGE.search(line):
+        elif download and "Downloading" in line and _MODEL_STAGE.search(line):
             self._close_nodes(hits, lineno)
         if ("omplete" in line or "OMPLETE" in line) and _PROV_COMPLETE.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
-            self._hit(hits, Milestone.PROVISIONING_COMPLETE, lineno)
+            self._hit(hits, _M_PROVISIONING_COMPLETE, lineno)
         gui = "To see the GUI" in line
         if (gui or "Import times" in line or "Starting server" in line) and _COMFY_STARTING.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
-        if (Milestone.TORCH_READY not in seen and ("orch" in line or "True" in line)
+        if (_M_TORCH_READY not in seen and ("orch" in line or line[:1].isdigit())
                 and (m := _TORCH.search(line)) and "+cpu" not in (version := m.group(1) or m.group(2))):
-            self._hit(hits, Milestone.TORCH_READY, lineno, version=version)
-        if gui and Milestone.COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
+            self._hit(hits, _M_TORCH_READY, lineno, version=version)
+        if gui and _M_COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
             scheme, host, port = m.groups()
-            self._hit(hits, Milestone.COMFYUI_READY, lineno, url=f"{scheme}://{host}:{port}", port=int(port),
+            self._hit(hits, _M_COMFYUI_READY, lineno, url=f"{scheme}://{host}:{port}", port=int(port),
                       needs_http_check=True)
-        if ((Milestone.TUNNEL_READY not in seen or Milestone.PORTAL_READY not in seen)
+        if ((_M_TUNNEL_READY not in seen or _M_PORTAL_READY not in seen)
                 and ("unnel" in line or "trycloudflare" in line or "Cloudflare daemon" in line)):
             self._tunnels(hits, line, lineno)
         return hits

@@ -93,7 +93,6 @@ EXAMPLES: dict[str, str] = {
                           "address already in use",
     "prompt.missing_model": "  - Value not in list: ckpt_name: 'sd_xl_base_1.0.safetensors' not in []",
     "prompt.bad_model_file": "safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge",
-    "script.required_failed": "[ERROR] required model flux1-dev.safetensors failed to download; stopping",
     "depfatal.torch_replaced": "    Successfully uninstalled torch-2.8.0+cu128",
     "depfatal.torch_cpu_wheel": "Successfully installed sympy-1.13.1 torch-2.5.1+cpu",
     "depfatal.supervisor_fatal": "INFO gave up: comfyui entered FATAL state, too many start retries too quickly",
