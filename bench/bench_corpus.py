@@ -25,14 +25,17 @@ def main() -> int:
     seconds = time.perf_counter() - start
     f = corpus_eval.summary(results)
     pct = 100 * f["fully_right"] / f["logs"] if f["logs"] else 0.0
-    print(f"corpus: {f['logs']} logs ({f['healthy_logs']} healthy), analysed in {seconds:.2f} s")
+    print(f"corpus: {f['logs']} logs scored ({f['healthy_logs']} healthy), analysed in {seconds:.2f} s")
+    for r in results:
+        if r.skipped:
+            print(f"  skipped {r.name}: {r.skipped} (this LineAssembler cuts over-long lines at their start)")
     print(f"logs fully right        {f['fully_right']}/{f['logs']} ({pct:.0f} %)   target >= 90 %")
     print(f"findings right          {f['findings_found']}/{f['findings_expected']}")
     print(f"harmless lines flagged  {f['harmless_flagged_healthy']} on healthy runs (target 0), "
           f"{f['harmless_flagged']} overall")
     print(f"milestones missed       {f['milestones_missed']} (and {f['milestones_unexpected']} unexpected)")
     print(f"secrets leaked          {f['secrets_leaked']}   target 0")
-    wrong = [r for r in results if not r.fully_right]
+    wrong = [r for r in results if not r.fully_right and not r.skipped]
     if wrong:
         print("\nnot fully right:")
         for r in wrong:

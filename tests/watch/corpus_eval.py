@@ -11,7 +11,10 @@ Each ``NAME.log`` has a ``NAME.expect.json`` written by hand next to it:
   must occur in the log);
 * ``milestones``: exactly the milestones the log reaches;
 * ``known_secrets``: secrets the bot itself knows (passed to the Redactor, as the bot does with its
-  settings); ``secrets``: fake secrets planted in the log that must never appear in any output.
+  settings); ``secrets``: fake secrets planted in the log that must never appear in any output;
+* optional ``needs``: capabilities of the line layer the log depends on. ``line_tail``: an
+  over-long line keeps its end as well as its start (where tar, pip and tqdm put the error); a log
+  that needs a capability the installed ``LineAssembler`` lacks is reported as skipped, not scored.
 
 The analysis is the engine's: bytes in odd-sized chunks through ``LineAssembler``, each line through
 ``RunAnalysis`` with a ``Redactor``, exactly as ``python -m bot classify`` does.
@@ -34,6 +37,8 @@ from bot.watch.redact import Redactor
 CORPUS = Path(__file__).parent / "corpus"
 CHUNK = 997  # odd on purpose: lines, UTF-8 characters and CRLF pairs arrive split
 _KEYS = {"source", "verdict", "cause", "findings", "not_flagged", "milestones", "known_secrets", "secrets"}
+_OPTIONAL_KEYS = {"needs"}
+CAPABILITIES = ("line_tail",)
 
 
 class ExpectationError(ValueError):
@@ -51,6 +56,7 @@ class Expectation:
     milestones: set[Milestone]
     known_secrets: dict[str, str]
     secrets: list[str]
+    needs: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -69,6 +75,7 @@ class Result:
     milestones_extra: list[str] = field(default_factory=list)
     secrets_leaked: int = 0
     verdict: str = ""
+    skipped: str = ""  # why the log was not scored (a capability the line layer lacks)
 
     @property
     def fully_right(self) -> bool:
@@ -85,8 +92,11 @@ def load_expectation(name: str, corpus: Path = CORPUS) -> Expectation:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ExpectationError(f"{path.name}: {exc}") from None
-    if not isinstance(data, dict) or set(data) != _KEYS:
-        raise ExpectationError(f"{path.name}: keys must be exactly {sorted(_KEYS)}")
+    if not isinstance(data, dict) or not _KEYS <= set(data) <= _KEYS | _OPTIONAL_KEYS:
+        raise ExpectationError(f"{path.name}: keys must be {sorted(_KEYS)}, optionally {sorted(_OPTIONAL_KEYS)}")
+    unknown = set(data.get("needs", [])) - set(CAPABILITIES)
+    if unknown:
+        raise ExpectationError(f"{path.name}: unknown capability {sorted(unknown)}")
     try:
         return Expectation(
             name=name, source=str(data["source"]), verdict=Verdict(data["verdict"]),
@@ -97,6 +107,7 @@ def load_expectation(name: str, corpus: Path = CORPUS) -> Expectation:
             milestones={Milestone(m) for m in data["milestones"]},
             known_secrets={str(k): str(v) for k, v in data["known_secrets"].items()},
             secrets=[str(s) for s in data["secrets"]],
+            needs=[str(n) for n in data.get("needs", [])],
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ExpectationError(f"{path.name}: {exc!r}") from None
@@ -118,8 +129,19 @@ def analyse(name: str, known_secrets: dict[str, str], chunk: int = CHUNK, corpus
     return analysis, outcomes, assembler.line_count
 
 
+def has_capability(name: str) -> bool:
+    """Whether the installed line layer has a capability a corpus log may need."""
+    if name == "line_tail":
+        lines = LineAssembler().feed(("x" * 100_000 + " TAIL-KEPT\n").encode())
+        return any("TAIL-KEPT" in line for line in lines)
+    raise ValueError(f"unknown capability {name!r}")
+
+
 def evaluate(name: str, corpus: Path = CORPUS) -> Result:
     exp = load_expectation(name, corpus)
+    missing = [need for need in exp.needs if not has_capability(need)]
+    if missing:
+        return Result(name, exp.healthy, skipped=f"needs {', '.join(missing)}")
     analysis, outcomes, lines = analyse(name, exp.known_secrets, corpus=corpus)
     res = Result(name, exp.healthy)
     verdict = analysis.verdict()
@@ -178,8 +200,11 @@ def evaluate_all(corpus: Path = CORPUS) -> list[Result]:
 
 def summary(results: list[Result]) -> dict[str, Any]:
     """The corpus figures: logs fully right, findings right, harmless lines flagged, misses, leaks."""
+    skipped = [r for r in results if r.skipped]
+    results = [r for r in results if not r.skipped]
     healthy = [r for r in results if r.healthy]
     return {
+        "skipped": len(skipped),
         "logs": len(results),
         "fully_right": sum(r.fully_right for r in results),
         "findings_expected": sum(r.findings_expected for r in results),
