@@ -37,7 +37,7 @@ class Logs(commands.Cog):
     @app_commands.command(name="logs", description="The redacted tail of a rental's provisioning log")
     @app_commands.guild_only()
     @app_commands.describe(rental="which rental", lines="how many lines (default 50)",
-                           errors_only="only lines the classifier flags as warnings or worse")
+                           errors_only="only warnings or worse, and unrecognised lines with error words")
     async def logs(self, interaction: discord.Interaction[Any], rental: str,
                    lines: app_commands.Range[int, 1, 5000] = 50, errors_only: bool = False) -> None:
         bot = self.bot
