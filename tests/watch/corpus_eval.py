@@ -132,7 +132,7 @@ def analyse(name: str, known_secrets: dict[str, str], chunk: int = CHUNK, corpus
 def has_capability(name: str) -> bool:
     """Whether the installed line layer has a capability a corpus log may need."""
     if name == "line_tail":
-        lines = LineAssembler().feed(("x" * 100_000 + " TAIL-KEPT\n").encode())
+        lines = LineAssembler().feed(("x" * 100_000 + " one two three four five TAIL-KEPT\n").encode())
         return any("TAIL-KEPT" in line for line in lines)
     raise ValueError(f"unknown capability {name!r}")
 
