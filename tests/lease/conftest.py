@@ -1,0 +1,4 @@
+"""Lease fixtures: the guardrails' worlds (the real bot on the fake Discord, the Vast simulator with
+a real SSH server and fake ComfyUI per instance, a real SQLite file, a FakeClock)."""
+
+from tests.e2e.conftest import fake_discord, make_fake_discord  # noqa: F401 (the fake Discord fixtures)
