@@ -258,6 +258,8 @@ class LeaseKeeper:
             return LeaseAnswer(False, f"Rental #{rental_id} is not running any more; nothing to extend.")
         async with watch.lock:
             state = self.states.get(rental_id)
+            if state is None and watch.rental.state in LEASED_STATES:
+                state = await self._load(watch, self.clock.now())  # clicked before the first poll since a restart
             if state is None or watch.destroy_reason is not None or watch.memory.decided:
                 return LeaseAnswer(False, f"Rental #{rental_id} is being torn down or has no lease; "
                                           "nothing to extend.")

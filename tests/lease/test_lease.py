@@ -208,3 +208,26 @@ async def test_idle_comfyui_gets_the_notice_early_and_the_receipt_says_how_long(
         report = await build_report(w.store, since=0, now=w.clock.now())
         row = next(r for r in report.rows if r.rental_id == done.id)
         assert row.cause == "idle after ready" and 0 < row.idle_usd < row.billed_usd
+
+
+async def test_the_lease_survives_a_restart(fake_discord: FakeDiscord, tmp_path: Path) -> None:
+    """The lease is rebuilt from the rental's events: an extension and the open notice's buttons hold."""
+    async with open_bot_world(fake_discord, tmp_path, **SHORT) as w:
+        rental = await _ready(w)
+        ready_at = w.clock.now()
+        await _until(w, lambda: bool(_notices(w, rental.id)))
+        first = _notices(w, rental.id)[0]
+        w.bot.engine.lease.states.clear()  # the process restarts: nothing of the lease in memory
+        extend = next(c for c in first.custom_ids() if c.endswith(":extend"))
+        await w.fake.click(first.id, extend, user_id=REQUESTER)
+        await w.fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: m.id == first.id and "Extended by rita" in m.text())
+
+        w.bot.engine.lease.states.clear()  # and again: the extension is remembered
+        await _until(w, lambda: w.clock.now() - ready_at >= 25 * 60)  # past the first 20-minute end
+        assert await _state(w, rental.id) in READY
+        assert not [m for m in _notices(w, rental.id) if m.id != first.id]
+        w.bot.engine.lease.states.clear()
+        await _until(w, lambda: any(m.id != first.id for m in _notices(w, rental.id)))
+        second = (await _events(w, rental.id, EV_LEASE_NOTICE))[-1].payload
+        assert abs(second["deadline"] - (ready_at + 80 * 60)) <= 2 * POLL
+        assert w.clock.now() >= ready_at + 70 * 60 - 2 * POLL
