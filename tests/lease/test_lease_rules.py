@@ -132,3 +132,16 @@ async def test_queue_and_history_are_read_through_the_tunnel(make_sim: SimFactor
     comfyui.finish_prompt()
     done = await session.comfyui_activity()
     assert done.ok and not done.busy and done.last_prompt == "p2"
+
+
+async def test_the_idle_lease_rehearsal_tears_the_forgotten_instance_down() -> None:
+    from tests.rehearsal.helpers import play_fresh
+
+    result = await play_fresh("idle-lease")
+    assert result.mismatches() == [], result.notes
+    kinds = [e.kind for e in result.events]
+    assert "lease_notice" in kinds and "decision" not in kinds
+    receipt = next(e.payload for e in result.events if e.kind == "receipt")
+    assert receipt["by"] == "lease" and receipt["reason"].startswith("idle lease")
+    assert 6 * 60 <= receipt["idle_s"] <= 8 * 60  # 5 min idle, then the 2 min notice
+    assert result.stopped_at is not None and result.stopped_at < 900
