@@ -283,6 +283,15 @@ class LeaseKeeper:
         await self.rec.emit(rental, EV_RECHECK_BREACH, {
             "check": check, "text": why, "geolocation": inst.geolocation, "dph_total": inst.dph_total,
             "quoted_dph": rental.quoted_dph, "tolerance": self.policy.price_tolerance})
+        if rental.machine_id is not None:
+            # A machine placed or billed otherwise than offered is one to avoid, like a failed one.
+            try:
+                await self.store.record_host_outcome(
+                    machine_id=rental.machine_id, host_id=rental.host_id, geolocation=inst.geolocation,
+                    outcome="failed", reason=f"re-check after rent ({check}): {why}", now=self.clock.now(),
+                    rental_id=rental.id)
+            except STORE_ERRORS as exc:  # the destroy below matters more than this row
+                self.rec.alarms.store_failed(exc)
         await self.teardown.destroy_now(watch, reason=f"re-check after rent ({check}): {why}",
                                         by="re-check after rent")
 

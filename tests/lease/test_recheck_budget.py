@@ -53,6 +53,8 @@ async def test_an_instance_in_an_excluded_country_is_destroyed_at_once(fake_disc
         receipt = [e.payload for e in await w.store.events_for(rental.id) if e.kind == EV_RECEIPT][-1]
         assert receipt["by"] == "re-check after rent" and "geolocation" in receipt["reason"]
         assert done.instance_id not in {i.id for i in await w.vast.list_instances()}
+        # The machine is avoided from now on, like one that failed a rental.
+        assert done.machine_id in await w.store.machines_to_avoid(0.0)
         post = _posts(w, "re-check after rent failed")
         assert len(post) == 1 and "Shenzhen" in post[0].text() and not post[0].could_ping
         assert _posts(w, "Receipt")
