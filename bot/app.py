@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
     "cogs.approvals", "cogs.rent", "cogs.status", "cogs.logs", "cogs.destroy", "cogs.watcher",
-    "cogs.audit", "cogs.budget", "cogs.hosts",
+    "cogs.audit", "cogs.budget", "cogs.hosts", "cogs.lease",
 )
 
 Preflight = Callable[[Settings], Awaitable[Any]]

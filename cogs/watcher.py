@@ -38,6 +38,7 @@ from bot.watch.engine import (
 )
 from cogs.approvals import approval_reply, approval_view
 from cogs.common import rental_progress, status_embed
+from cogs.lease import LEASE_KINDS, deliver_lease_event
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -119,6 +120,9 @@ class ChannelNotifier:
             reason = self.render.text(p.get("reason"), 1500)
             text = f"❌ Rental #{rental.id}: Vast did not create the instance: {reason}"
             await self._send(Reply(content=self.render.content(text)))
+        elif kind in LEASE_KINDS:
+            await deliver_lease_event(self.bot, self._channel(), rental, event)
+            await self.refresh(rental.id)
         elif kind in STATUS_KINDS:
             await self.refresh(rental.id)
         else:

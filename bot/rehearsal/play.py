@@ -27,6 +27,7 @@ from bot.vast.client import DEFAULT_MIN_SPACING, NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
 from bot.watch.cost import rental_cost
 from bot.watch.engine import WatchEngine, WatchPolicy
+from bot.watch.lease import LeasePolicy
 from bot.watch.redact import Redactor
 
 
@@ -89,6 +90,7 @@ async def play(
         stack.push_async_callback(vast.aclose)
         engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
                              redactor=Redactor(settings.secret_values()), notifier=_Notifier(notifier))
+        engine.lease.policy = LeasePolicy.from_settings(settings)
         stack.push_async_callback(engine.stop)
         if on_stage is not None:
             await on_stage(stage)
