@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = sub.add_parser(
         "classify", parents=common, help="classify a saved provisioning log",
         description="Run the watch engine's classifier and milestone parser over a saved log.",
+        epilog="Exit status: 0 ready or in progress, 3 degraded, 4 failed, 2 unreadable input or not a "
+        "text log (a binary file is refused).",
     )
     classify.add_argument("file", metavar="FILE|-", help="log file, or - for standard input")
     _json_flag(classify, "print one JSON object")

@@ -26,6 +26,7 @@ from bot.clock import Clock, SystemClock
 from bot.db.store import DatabasePathError, Store, StoreError
 from bot.render import Render
 from bot.rentals import RentalService
+from bot.replies import answer
 from bot.settings import ConfigError, Settings
 from bot.vast.client import VastClient
 from bot.vast.errors import VastError
@@ -35,17 +36,15 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS: tuple[str, ...] = (
     "cogs.approvals", "cogs.rent", "cogs.status", "cogs.logs", "cogs.destroy", "cogs.watcher",
-    "cogs.audit", "cogs.budget", "cogs.hosts",
+    "cogs.audit", "cogs.budget", "cogs.hosts", "cogs.lease",
 )
 
 Preflight = Callable[[Settings], Awaitable[Any]]
 
 
-def _load_preflight() -> Preflight | None:
-    try:
-        from bot.provisioning.preflight import preflight
-    except ImportError:  # lands with the provisioning issue; /rent then shows it as unavailable
-        return None
+def _load_preflight() -> Preflight:
+    from bot.provisioning.preflight import preflight
+
     return preflight
 
 
@@ -101,28 +100,21 @@ class VastopsBot(commands.Bot):
         self.sync_commands = sync_commands
         # False: the engine is only re-attached, and whoever drives it calls engine.tick() (tests, bench).
         self.watch_loop = watch_loop
-        from cogs.watcher import ChannelNotifier
-
-        self.notifier = ChannelNotifier(self, min_edit_interval=status_edit_interval)
+        self.status_edit_interval = status_edit_interval
+        # The channel watcher's notifier: the watcher extension installs it (cog_load).
+        self.notifier: Any = None
         self.synced: list[app_commands.AppCommand] = []
 
     async def setup_hook(self) -> None:
-        from cogs.approvals import ApprovalButton
-        from cogs.destroy import CancelButton, DestroyConfirmButton
-        from cogs.rent import OfferPick
-        from cogs.status import OrphanDestroyButton
-
+        # Each extension registers its own commands and restart-proof buttons (DynamicItems).
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(ApprovalButton, DestroyConfirmButton, CancelButton, OrphanDestroyButton, OfferPick)
         if self.sync_commands and self.settings.discord_guild_id is not None:
             guild = discord.Object(id=self.settings.discord_guild_id)
             # Guild commands show up at once (global ones can take an hour) and this bot serves one guild.
             self.tree.copy_global_to(guild=guild)
             self.synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to guild %s", len(self.synced), guild.id)
-        if self.engine.notifier is None:
-            self.engine.notifier = self.notifier
         if self.watch_loop:
             await self.engine.start()
         else:
@@ -132,7 +124,8 @@ class VastopsBot(commands.Bot):
     async def close(self) -> None:
         try:
             await self.engine.stop()
-            await self.notifier.close()
+            if self.notifier is not None:
+                await self.notifier.close()
         except Exception:
             log.exception("stopping the watch engine failed")
         await super().close()
@@ -157,8 +150,6 @@ class VastopsBot(commands.Bot):
             cause = getattr(error, "original", None) or error
             log.error("interaction %s failed (ref %s)", interaction.id, ref, exc_info=cause)
             text = f"{text} (ref `{ref}`; the details are in the bot's log)."
-        from cogs.common import answer
-
         text = self.render.content(text)
         if replace_original and interaction.response.is_done() and not interaction.is_expired():
             try:
@@ -207,7 +198,6 @@ async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock
                             preflight=preflight)
     bot = VastopsBot(settings=settings, store=store, vast=vast, engine=engine, rentals=rentals, clock=clock,
                      render=Render(redactor), preflight=preflight, **bot_options)
-    engine.notifier = bot.notifier
     return bot
 
 
@@ -318,7 +308,7 @@ class _DiscordLink:
             await old.notifier.close()
         new = VastopsBot(settings=old.settings, store=old.store, vast=old.vast, engine=old.engine,
                          rentals=old.rentals, clock=old.clock, render=old.render, preflight=old.preflight)
-        old.engine.notifier = new.notifier
+        old.engine.notifier = None  # the new bot's watcher extension installs its own at login
         self.bot = new
         await new.engine.start()  # idempotent; restarts it if a closing client had stopped it
 
@@ -345,6 +335,17 @@ def _remove_stop_signals() -> None:
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(sig)
+
+
+async def _resume_creates(rentals: RentalService) -> None:
+    """Create what was approved but never sent to Vast before the last stop (see RentalService)."""
+    try:
+        sent = await rentals.resume_creates()
+    except Exception:  # the watch still finds anything by label; this must not stop the bot
+        log.exception("resuming approved rentals failed")
+        return
+    if sent:
+        log.warning("%d approved rental(s) were created after the restart", sent)
 
 
 async def _run(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None,
@@ -382,15 +383,16 @@ async def _run_until_stopped(settings: Settings, clock: Clock, stop: asyncio.Eve
                 check_every=min(settings.poll_interval, 5.0)), name="heartbeat")
             # Watching starts before (and does not depend on) the Discord login.
             await bot.engine.start()
+            resume = asyncio.create_task(_resume_creates(bot.rentals), name="resume-creates")
             connection = asyncio.create_task(link.run(), name="discord-link")
             stopped = asyncio.create_task(stop.wait(), name="stop-signal")
             try:
                 await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 code = connection.result() if connection.done() else 0
             finally:
-                for task in (connection, stopped, beat):
+                for task in (connection, stopped, beat, resume):
                     task.cancel()
-                await asyncio.gather(connection, stopped, beat, return_exceptions=True)
+                await asyncio.gather(connection, stopped, beat, resume, return_exceptions=True)
                 await link.close()
             return code
     finally:

@@ -11,16 +11,20 @@ get a teardown proposal). No Discord here: ``cogs/budget.py`` posts and answers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bot.db.guardrails import claim_budget_alert, rentals_billing_during
-from bot.db.models import ACTIVE_STATES, Rental, RentalState
+from bot.db.models import ACTIVE_STATES, Approval, ApprovalKind, Rental, RentalState
 from bot.db.store import Store
 from bot.durations import format_duration
 from bot.settings import Settings
 from bot.watch.cost import rental_cost
+from bot.watch.events import EV_PROPOSAL
+
+# Stores an event for delivery (the engine's outbox: ``WatchEngine.emit``).
+Emit = Callable[[Rental, Any, Mapping[str, Any]], Awaitable[Any]]
 
 Period = Literal["day", "week"]
 Level = Literal["ok", "soft", "hard"]
@@ -235,3 +239,39 @@ def teardown_proposal(rental: Rental, status: BudgetStatus, settings: Settings, 
     who = rental.requester_name if status.scope == "user" else None
     return {"reason": f"budget: {status.name(who)} is spent ({status.numbers(now)})",
             "default_action": settings.budget_hard_default_action}
+
+
+async def propose_teardowns(store: Store, settings: Settings, now: float, *, emit: Emit,
+                            proposal_timeout: float) -> list[Approval]:
+    """Give each running rental under a spent budget its teardown proposal, once per budget period.
+
+    The proposal's default action (BUDGET_HARD_DEFAULT_ACTION) is carried out when nobody answers
+    within ``proposal_timeout``, by the engine's sweep of expired proposals. "Once" is claimed in the
+    database with the proposal, so a restart or a second check does not propose again.
+    """
+    if not budgets_set(settings):
+        return []
+    statuses = await all_statuses(store, settings, now)
+    if not any(s.level == "hard" for s in statuses):
+        return []
+    open_ = {a.rental_id for a in await store.pending_approvals(kind=ApprovalKind.TEARDOWN) if a.rental_id}
+    made: list[tuple[Rental, Approval, dict[str, str]]] = []
+    for rental, status in teardown_candidates(statuses, await store.active_rentals(), open_):
+        proposal = teardown_proposal(rental, status, settings, now)
+        evidence = {"category": "budget", "severity": "warn", "line": None, "text": proposal["reason"],
+                    "advice": f"Destroy it if it is not needed. With no answer: {proposal['default_action']}."}
+        async with store.transaction():
+            if not await claim_budget_alert(store, scope=f"teardown:{rental.id}", period=status.period,
+                                            period_start=status.period_start, level="hard", now=now):
+                continue
+            approval = await store.create_approval(
+                kind=ApprovalKind.TEARDOWN, requester_id=0, rental_id=rental.id,
+                payload={"reason": proposal["reason"], "evidence": evidence}, now=now,
+                expires_at=now + proposal_timeout, default_action=proposal["default_action"])
+        made.append((rental, approval, {**proposal}))
+    for rental, approval, proposal in made:
+        await emit(rental, EV_PROPOSAL, {
+            "approval_id": approval.id, "reason": proposal["reason"],
+            "evidence": approval.payload["evidence"], "expires_at": approval.expires_at,
+            "default_action": proposal["default_action"]})
+    return [approval for _, approval, _ in made]

@@ -45,6 +45,12 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
         lines.append(CheckLine("VAST_BACKEND", None, "sim: the built-in simulator, no spend, no key needed"))
         for name, why in settings.missing_for("run"):
             lines.append(CheckLine(name, None, f"not set (needed by `run`: {why})"))
+        from bot.sim.scenarios import scenario_names
+
+        if settings.sim_scenario not in scenario_names():
+            lines.append(CheckLine("SIM_SCENARIO", False, f"unknown scenario {settings.sim_scenario!r}",
+                                   f"choose one of {', '.join(scenario_names())}"))
+            missing = [*missing, ("SIM_SCENARIO", "")]
     config_failed = bool(missing)
     runtime_failed = False
     for name, where, closest in unknown_setting_keys(Path(".env")):
@@ -473,6 +479,9 @@ async def status(settings: Settings, args: argparse.Namespace, out: TextIO = sys
     from bot.db.models import ACTIVE_STATES, OPEN_STATES
     from bot.db.store import DatabasePathError
     from bot.vast.errors import VastAuthError, VastError
+    from bot.watch.cost import rental_cost
+
+    now = SystemClock().now()
 
     try:
         async with open_vast(settings, SystemClock()) as vast:
@@ -502,6 +511,7 @@ async def status(settings: Settings, args: argparse.Namespace, out: TextIO = sys
                 "dph_total": inst.dph_total, "gpu": inst.gpu_name,
                 "rental_id": rental.id if rental else None,
                 "rental_state": rental.state.value if rental else "untracked",
+                "cost_usd": round(rental_cost(rental, now), 4) if rental else None,
             })
         if store is not None:
             wanted = set(ACTIVE_STATES) | set(OPEN_STATES)
@@ -511,7 +521,8 @@ async def status(settings: Settings, args: argparse.Namespace, out: TextIO = sys
                 rows.append({"instance_id": rental.instance_id, "label": rental.label,
                              "status": "gone" if rental.instance_id is not None else "no instance yet",
                              "dph_total": rental.dph_total if rental.dph_total is not None else rental.quoted_dph,
-                             "gpu": rental.gpu_name, "rental_id": rental.id, "rental_state": rental.state.value})
+                             "gpu": rental.gpu_name, "rental_id": rental.id, "rental_state": rental.state.value,
+                             "cost_usd": round(rental_cost(rental, now), 4)})
     finally:
         if store is not None:
             await store.close()
@@ -546,14 +557,13 @@ def _when(ts: float | None) -> str:
 def rental_card(rental: Any, data: dict[str, Any], now: float) -> list[str]:
     """The status card of a rental as plain text lines (the Discord embed's content)."""
     from bot.durations import format_duration
-    from bot.watch.cost import CostMeter
+    from bot.watch.cost import rental_cost
     from bot.watch.model import Milestone
 
     start = rental.started_at or rental.created_at
     end = rental.ended_at if rental.is_terminal and rental.ended_at else now
     dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
-    cost = None if dph is None or rental.started_at is None else CostMeter(dph, rental.started_at).cost_at(
-        rental.ended_at or now)
+    cost = None if rental.started_at is None or rental.instance_id is None else rental_cost(rental, now)
     milestones: dict[str, float] = dict(data.get("milestones") or {})
     findings = data.get("findings") or []
     noise = sum((data.get("noise") or {}).values())

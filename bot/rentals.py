@@ -410,6 +410,54 @@ class RentalService:
         await self.engine.decline_teardown(rental.id, by=user_name)
         return Decision(DecisionResult.DENIED, approval, rental, f"Kept running by {user_name}.")
 
+    # ------------------------------------------------------------------ restart
+    async def resume_creates(self) -> int:
+        """After a restart: create what was approved but never sent to Vast.
+
+        A rental in creating without ``started_at`` was approved (the approval and the move to
+        creating commit together) but the process died before the create call went out, so nothing
+        was rented. Its offer is re-checked against the request's limits and created now; if the
+        offer is gone or now breaks a limit, the rental is closed and the request says so.
+        Returns how many creates were sent.
+        """
+        sent = 0
+        for rental in await self.store.list_rentals(states=[RentalState.CREATING], limit=1_000):
+            if rental.started_at is not None or rental.instance_id is not None or rental.offer_id is None:
+                continue  # the create went out: the watch finds its instance by label
+            approvals = [a for a in await self.store.approvals_for_rental(rental.id)
+                         if a.kind == ApprovalKind.RENT and a.status == ApprovalStatus.APPROVED]
+            if not approvals:
+                continue
+            approval = approvals[-1]
+            offer_id = int(approval.payload.get("offer_id") or rental.offer_id)
+            try:
+                limits = await self.recheck_limits(rental, offer_id)
+                found = await self.vast.search_offers(OfferQuery(
+                    offer_ids=[offer_id], limit=5, num_gpus=None, disk_gb=self._disk_gb(rental), verified=False,
+                    excluded_countries=[]))
+            except VastError as exc:
+                log.warning("rental %s: approved before a restart, offer re-check failed (%s); retrying "
+                            "at the next start or by label", rental.id, exc)
+                continue
+            offer = next((o for o in found if o.id == offer_id), None)
+            quoted = float(approval.payload.get("quoted_dph") or rental.quoted_dph or 0.0)
+            why = ("the offer is gone" if offer is None else limits.rejects(offer)
+                   or (f"its price rose to ${offer.dph_total:.3f}/h from ${quoted:.3f}/h"
+                       if offer.dph_total > quoted + 1e-9 else None))
+            if why is not None or offer is None:
+                reason = f"approved, but the bot restarted before renting and {why}; nothing was rented"
+                if await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED,
+                                                      now=self.clock.now(), expected=[RentalState.CREATING],
+                                                      reason=reason):
+                    await self.outbox.append(rental, EV_STATE, {"from": "creating", "to": "create_failed",
+                                                                "reason": reason + ". Run /rent again."})
+                continue
+            await self.outbox.append(rental, EV_INFO, {"text": (
+                "approved before the bot restarted, and not rented yet: the offer still holds, renting it now")})
+            await self._create(rental, approval, offer)
+            sent += 1
+        return sent
+
     # ------------------------------------------------------------------ destroy
     async def destroy(self, rental_id: int, *, user_id: int, user_name: str, is_approver: bool,
                       reason: str | None) -> Decision:
@@ -450,10 +498,13 @@ class RentalService:
 
 
     # ------------------------------------------------------------------ unknown instances
-    async def unknown_instances(self) -> list[Instance]:
-        """Instances on the Vast account that no open rental accounts for: they bill all the same."""
+    async def unknown_instances(self, listed: list[Instance] | None = None) -> list[Instance]:
+        """Instances on the Vast account that no open rental accounts for: they bill all the same.
+
+        ``listed``: the account as a recent poll saw it (else it is listed now).
+        """
         unknown = []
-        for inst in await self.vast.list_instances():
+        for inst in listed if listed is not None else await self.vast.list_instances():
             rental = await self.store.get_rental_by_instance(inst.id)
             if rental is None or rental.is_terminal:
                 unknown.append(inst)

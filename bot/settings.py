@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     budget_hard_default_action: Literal["keep", "destroy"] = "keep"
     budget_check_interval: Duration = 300.0
     host_avoid_window: Duration = 7 * 86400.0
+    # Guardrails: the idle lease and the re-checks after rent
+    lease_duration: Duration = 7200.0
+    lease_max_total: Duration = 8 * 3600.0
+    lease_warn_before: Duration = 600.0
+    lease_idle_timeout: Duration = 1800.0
+    recheck_price_tolerance: float = Field(default=0.05, ge=0, le=1)
 
     @field_validator(
         "discord_token", "vast_api_key", "hf_token", "civitai_token", "discord_guild_id",
@@ -160,11 +166,19 @@ class Settings(BaseSettings):
         "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
         "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
         "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", "budget_rent_estimate",
-        "budget_check_interval", "host_avoid_window", mode="before",
+        "budget_check_interval", "host_avoid_window", "lease_duration", "lease_max_total", "lease_warn_before",
+        "lease_idle_timeout", mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @field_validator("lease_duration")
+    @classmethod
+    def _lease_floor(cls, value: float) -> float:
+        if value < 60:
+            raise ValueError("must be at least 1m: the requester is warned before the lease ends")
+        return value
 
     @field_validator("poll_interval")
     @classmethod
@@ -184,16 +198,6 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Z]{2}", code):
                 raise ValueError(f"{code!r} is not a two-letter country code (e.g. CN,UA)")
         return codes
-
-    @field_validator("sim_scenario")
-    @classmethod
-    def _scenario(cls, value: str) -> str:
-        from bot.sim.scenarios import scenario_names
-
-        names = scenario_names()
-        if value not in names:
-            raise ValueError(f"unknown scenario {value!r}; choose one of {', '.join(names)}")
-        return value
 
     @field_validator("provision_script_sha256")
     @classmethod

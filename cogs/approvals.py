@@ -262,3 +262,4 @@ class Approvals(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Approvals(bot))
+    bot.add_dynamic_items(ApprovalButton)

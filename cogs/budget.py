@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.budget import BudgetStatus, budget_statuses, check_rent, due_alerts
+from bot.budget import BudgetStatus, budget_statuses, check_rent, due_alerts, propose_teardowns
 from bot.db.models import Rental
 from bot.render import money, progress_bar
 from cogs.common import user_name
@@ -80,10 +80,13 @@ class Budget(commands.Cog):
             await self.bot.clock.sleep(max(MIN_CHECK_INTERVAL, self.bot.settings.budget_check_interval))
 
     async def check_budgets(self) -> list[BudgetStatus]:
-        """Post each budget newly past its soft threshold or spent, once per period; returns them."""
+        """Post each budget newly past its soft threshold or spent, once per period; returns them. Running
+        rentals under a spent budget get a teardown proposal (once per period; the engine posts it)."""
         bot = self.bot
         now = bot.clock.now()
         alerts = await due_alerts(bot.store, bot.settings, now)
+        await propose_teardowns(bot.store, bot.settings, now, emit=bot.engine.emit,
+                                proposal_timeout=bot.settings.proposal_timeout)
         if not alerts or bot.settings.notify_channel_id is None:
             return alerts
         channel = bot.get_channel(bot.settings.notify_channel_id)

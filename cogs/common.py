@@ -11,7 +11,6 @@ import logging
 import math
 import re
 import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
@@ -20,10 +19,12 @@ from discord import app_commands
 from bot.cooldown import Cooldown
 from bot.db.models import ACTIVE_STATES, OPEN_STATES, Rental, RentalState
 from bot.durations import format_duration
-from bot.render import CHOICE_NAME_LIMIT, Render, Reply, escape, money, progress_bar, timestamp, truncate
-from bot.watch.cost import CostMeter
+from bot.render import CHOICE_NAME_LIMIT, Render, escape, money, progress_bar, timestamp, truncate
+from bot.replies import answer
+from bot.watch.cost import rental_cost
 from bot.watch.links import displayable
 from bot.watch.model import Milestone
+from bot.watch.views import Progress
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -83,31 +84,6 @@ def in_our_guild(bot: VastopsBot, interaction: discord.Interaction[Any]) -> bool
 
 def user_name(user: discord.abc.User | discord.Member) -> str:
     return getattr(user, "display_name", None) or user.name
-
-
-async def answer(interaction: discord.Interaction[Any], text: str | None = None, *,
-                 reply: Reply | None = None, ephemeral: bool = True) -> None:
-    """Tell the user something whatever state the interaction is in.
-
-    Not answered yet: the initial response. Answered (or deferred): a followup while the
-    15-minute token lives. Token dead: a plain message in the channel (visible to all, so the
-    text must be fit for that; it mentions the user without pinging anyone else).
-    """
-    reply = reply or Reply(content=text)
-    try:
-        if not interaction.response.is_done():
-            await interaction.response.send_message(ephemeral=ephemeral, **reply.kwargs())
-        elif not interaction.is_expired():
-            await interaction.followup.send(ephemeral=ephemeral, **reply.kwargs())
-        elif interaction.channel is not None and isinstance(interaction.channel, discord.abc.Messageable):
-            content = f"{interaction.user.mention} {reply.content or ''}"
-            await interaction.channel.send(
-                **{**reply.kwargs(), "content": truncate(content, 2000)},
-                allowed_mentions=discord.AllowedMentions(users=[interaction.user], everyone=False,
-                                                         roles=False),
-            )
-    except discord.HTTPException:
-        log.warning("could not answer interaction %s", interaction.id, exc_info=True)
 
 
 # ---------------------------------------------------------------- cooldowns
@@ -181,39 +157,15 @@ def _rental_id(text: str) -> int | None:
 # ---------------------------------------------------------------- the status view of a rental
 
 
-@dataclass
-class Progress:
-    """What the watch knows about a rental beyond its row."""
-
-    milestones: dict[str, float] = field(default_factory=dict)
-    noise: int = 0
-    warnings: int = 0
-    verdict: str | None = None
+def cost_to_date(rental: Rental, now: float) -> float | None:
+    """What Vast has billed so far (``bot.watch.cost.rental_cost``); None before anything was rented."""
+    if rental.started_at is None or rental.instance_id is None:
+        return None
+    return rental_cost(rental, now)
 
 
 async def rental_progress(bot: VastopsBot, rental: Rental) -> Progress:
-    """From the engine's live watch when it has one (no database work), else the stored watch state."""
-    watch = bot.engine.watches.get(rental.id)
-    data: dict[str, Any]
-    if watch is not None:
-        data = watch.memory.to_json()
-    else:
-        state = await bot.store.get_watch_state(rental.id)
-        data = state.data if state else {}
-    findings = data.get("findings") or []
-    return Progress(
-        milestones=dict(data.get("milestones") or {}),
-        noise=sum((data.get("noise") or {}).values()),
-        warnings=sum(1 for f in findings if f.get("severity") in ("warn", "error", "fatal")),
-        verdict=data.get("verdict"),
-    )
-
-
-def cost_to_date(rental: Rental, now: float) -> float | None:
-    dph = rental.dph_total if rental.dph_total is not None else rental.quoted_dph
-    if dph is None or rental.started_at is None:
-        return None
-    return CostMeter(dph, rental.started_at).cost_at(rental.ended_at or now)
+    return await bot.engine.views.progress(rental)
 
 
 def link(render: Render, label: str, url: str | None) -> str | None:

@@ -120,3 +120,4 @@ class Destroy(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Destroy(bot))
+    bot.add_dynamic_items(DestroyConfirmButton, CancelButton)

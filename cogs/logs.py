@@ -16,8 +16,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.db.models import Rental
-from bot.watch.logtail import THREAD_THRESHOLD, WatchView, log_tail
-from cogs.common import answer, find_rental, is_approver, rental_choices
+from bot.watch.logtail import THREAD_THRESHOLD
+from cogs.common import answer, cooled_down, find_rental, is_approver, rental_choices
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -30,16 +30,6 @@ def may_read_logs(bot: VastopsBot, rental: Rental, user: discord.abc.User | disc
     return is_approver(bot.settings.approver_role_id, user)
 
 
-def watch_view(bot: VastopsBot, rental_id: int) -> WatchView:
-    """What the watcher holds for the rental now: its live SSH session and its container-log tail."""
-    watch = bot.engine.watches.get(rental_id)
-    if watch is None:
-        return WatchView()
-    tail = watch.memory.fallback_tail
-    return WatchView(reader=watch.session, path=bot.engine.policy.log_path, end=watch.log_offset,
-                     fallback_tail=[str(x) for x in tail] if tail else None)
-
-
 class Logs(commands.Cog):
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
@@ -47,11 +37,13 @@ class Logs(commands.Cog):
     @app_commands.command(name="logs", description="The redacted tail of a rental's provisioning log")
     @app_commands.guild_only()
     @app_commands.describe(rental="which rental", lines="how many lines (default 50)",
-                           errors_only="only lines the classifier flags as warnings or worse")
+                           errors_only="only warnings or worse, and unrecognised lines with error words")
     async def logs(self, interaction: discord.Interaction[Any], rental: str,
                    lines: app_commands.Range[int, 1, 5000] = 50, errors_only: bool = False) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
+        if not await cooled_down(bot, interaction, "logs"):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
         found = await find_rental(bot, rental)
         if found is None:
             await answer(interaction, f"No rental {bot.render.inline(rental, 40)}. Pick one from the list.")
@@ -60,8 +52,7 @@ class Logs(commands.Cog):
             await answer(interaction, f"Only the member who requested rental #{found.id} and approvers can "
                                       "read its logs and links.")
             return
-        tail = await log_tail(watch_view(bot, found.id), bot.store, found.id, redactor=bot.engine.redactor,
-                              classifier=bot.engine.classifier, lines=lines, errors_only=errors_only)
+        tail = await bot.engine.views.log_tail(found.id, lines=lines, errors_only=errors_only)
         header = (f"**Rental #{found.id}** · {bot.render.inline(found.label, 40)} · "
                   f"{len(tail.lines)} {'problem ' if errors_only else ''}line(s) · {tail.source}")
         if not tail.lines:

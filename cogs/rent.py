@@ -290,3 +290,4 @@ class Rent(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Rent(bot))
+    bot.add_dynamic_items(OfferPick)

@@ -223,7 +223,8 @@ class Status(commands.Cog):
         unknown: list[Instance] = []
         vast_note = ""
         try:
-            unknown = await bot.rentals.unknown_instances()
+            # The watcher listed the account moments ago: /status does not queue behind it for the same list.
+            unknown = await bot.rentals.unknown_instances(bot.engine.views.recent_instances())
         except VastError as exc:
             vast_note = f"\n⚠️ Could not list the Vast account's instances: {bot.render.text(str(exc), 200)}"
         rate = sum((r.dph_total or r.quoted_dph or 0.0) for r in active)
@@ -268,4 +269,4 @@ class Status(commands.Cog):
 
 async def setup(bot: VastopsBot) -> None:
     await bot.add_cog(Status(bot))
-    bot.add_dynamic_items(LinksButton)
+    bot.add_dynamic_items(OrphanDestroyButton, LinksButton)

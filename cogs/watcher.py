@@ -38,6 +38,7 @@ from bot.watch.engine import (
 )
 from cogs.approvals import approval_reply, approval_view
 from cogs.common import rental_progress, status_embed
+from cogs.lease import LEASE_KINDS, deliver_lease_event
 
 if TYPE_CHECKING:
     from bot.app import VastopsBot
@@ -119,6 +120,9 @@ class ChannelNotifier:
             reason = self.render.text(p.get("reason"), 1500)
             text = f"❌ Rental #{rental.id}: Vast did not create the instance: {reason}"
             await self._send(Reply(content=self.render.content(text)))
+        elif kind in LEASE_KINDS:
+            await deliver_lease_event(self.bot, self._channel(), rental, event)
+            await self.refresh(rental.id)
         elif kind in STATUS_KINDS:
             await self.refresh(rental.id)
         else:
@@ -301,10 +305,16 @@ class ChannelNotifier:
 
 
 class Watcher(commands.Cog):
-    """Owns nothing: the notifier is created with the bot; this cog only exposes it to ``/status``."""
+    """Installs the channel notifier: the engine's events reach the channel while this cog is loaded."""
 
     def __init__(self, bot: VastopsBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        notifier = ChannelNotifier(self.bot, min_edit_interval=self.bot.status_edit_interval)
+        self.bot.notifier = notifier
+        self.bot.engine.notifier = notifier
+        self.bot.engine.outbox.wake()  # what waited while no notifier was installed goes out now
 
 
 async def setup(bot: VastopsBot) -> None:

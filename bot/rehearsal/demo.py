@@ -88,8 +88,10 @@ def summary_table(results: list[RunResult], out: TextIO, *,
     print(file=out)
     print("KNEW: simulated seconds from create to the first conclusive finding (failures) or to ComfyUI\n"
           "      answering /system_stats through SSH (successes). STOPPED: when the instance was destroyed;\n"
-          "      'kept' = a good rental, left running for its user. SPENT: billed by the simulator until\n"
-          "      spending stopped (failures) or until ready (successes).\n"
+          "      'kept' = a good rental, left running for its user. SPENT: the bot's own cost figure (the\n"
+          "      one on receipts and /status: storage from creation, GPU while running) until spending\n"
+          "      stopped (failures) or until ready (successes); MATCH checks it against what the\n"
+          "      simulator billed.\n"
           "AUDIT: the audit's approach on the same run (its collector was blind and waited for a 3,600 s\n"
           "      timeout; a wrong script ran indefinitely, 3,600 s is a floor), at the rented $/h (for\n"
           "      china-cheapest, at the price of the China offer the audit's UA-only filter picks).\n"

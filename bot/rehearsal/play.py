@@ -25,7 +25,9 @@ from bot.sim.scenarios import Scenario
 from bot.sim.stage import SIM_API_KEY, RehearsalStage
 from bot.vast.client import DEFAULT_MIN_SPACING, NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
+from bot.watch.cost import rental_cost
 from bot.watch.engine import WatchEngine, WatchPolicy
+from bot.watch.lease import LeasePolicy
 from bot.watch.redact import Redactor
 
 
@@ -88,6 +90,7 @@ async def play(
         stack.push_async_callback(vast.aclose)
         engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
                              redactor=Redactor(settings.secret_values()), notifier=_Notifier(notifier))
+        engine.lease.policy = LeasePolicy.from_settings(settings)
         stack.push_async_callback(engine.stop)
         if on_stage is not None:
             await on_stage(stage)
@@ -208,6 +211,7 @@ async def _finish(engine: WatchEngine, store: Store, stage: RehearsalStage, resu
     rental = await store.get_rental(result.rental.id) or result.rental
     events = await store.events_for(rental.id)
     result.events = list(events)
+    receipt_cost = 0.0
     for ev in events:
         t = _since(rental, ev.ts)
         if ev.kind == "finding":
@@ -228,14 +232,22 @@ async def _finish(engine: WatchEngine, store: Store, stage: RehearsalStage, resu
                 result.category = cause.get("category")
         elif ev.kind == "receipt" and result.stopped_at is None:
             result.stopped_at = t
+            receipt_cost = float(ev.payload.get("cost_usd") or 0.0)
     instance_id = rental.instance_id
     if instance_id is not None:
+        # SPENT is the bot's own figure (the one cost function, as on the receipt); the simulator's
+        # billing is the ground truth it is checked against.
+        current = await store.get_rental(rental.id) or rental
+        start = rental.started_at or 0.0
         if result.stopped_at is not None:
-            result.spent = stage.sim.cost_of(instance_id, at=(rental.started_at or 0.0) + result.stopped_at)
+            result.spent = receipt_cost
+            result.sim_spent = stage.sim.cost_of(instance_id, at=start + result.stopped_at)
         elif result.knew_at is not None:
-            result.spent = stage.sim.cost_of(instance_id, at=(rental.started_at or 0.0) + result.knew_at)
+            result.spent = rental_cost(current, start + result.knew_at)
+            result.sim_spent = stage.sim.cost_of(instance_id, at=start + result.knew_at)
         else:
-            result.spent = stage.sim.cost_of(instance_id)
+            result.spent = rental_cost(current, stage.clock.now())
+            result.sim_spent = stage.sim.cost_of(instance_id)
     if rental.state != RentalState.DESTROYED:
         # A good rental is the user's to keep; a rehearsal cleans up after itself.
         await engine.destroy(rental.id, reason="rehearsal over", by="demo")

@@ -33,7 +33,8 @@ class RunResult:
     knew_at: float | None = None  # first conclusive finding, or ComfyUI confirmed ready
     decision_at: float | None = None  # teardown decision
     stopped_at: float | None = None  # instance destroyed (spending stopped)
-    spent: float = 0.0  # billed by the simulator until spending stopped (or until ready)
+    spent: float = 0.0  # the bot's figure (receipt / rental_cost) until spending stopped (or until ready)
+    sim_spent: float = 0.0  # what the simulator billed over the same time: the ground truth
     billed_total: float = 0.0  # everything billed, including the demo's own cleanup
     conclusive: dict[str, Any] | None = None  # payload of the finding that ended the run
     findings: list[dict[str, Any]] = field(default_factory=list)
@@ -112,6 +113,10 @@ class RunResult:
         out: list[str] = []
         if self.scenario.preflight_blocks:
             return self._preflight_mismatches()
+        # The bot's figure may trail Vast's by what one poll takes to notice a running container.
+        slack = (self.dph or 0.0) * self.poll_interval / 3600 + 1e-4
+        if abs(self.spent - self.sim_spent) > slack:
+            out.append(f"the bot's cost ${self.spent:.4f} differs from what Vast billed ${self.sim_spent:.4f}")
         if self.verdict not in exp.verdicts:
             out.append(f"verdict {self.verdict}, expected {'/'.join(exp.verdicts)}")
         if exp.category and self.category != exp.category:

@@ -27,13 +27,33 @@ class FakeComfyUI:
         self.up = False
         self.port = 0
         self.hits = 0
+        # The prompt queue and history ComfyUI reports; tests and scenarios play prompts through them.
+        self.queue_running: list[str] = []
+        self.queue_pending: list[str] = []
+        self.history: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
+
+    def start_prompt(self, prompt_id: str) -> None:
+        """A prompt starts running (ComfyUI runs one at a time: later ones wait in the queue)."""
+        (self.queue_pending if self.queue_running else self.queue_running).append(prompt_id)
+
+    def finish_prompt(self) -> str | None:
+        """The running prompt completes into the history; the next queued one starts."""
+        if not self.queue_running:
+            return None
+        done = self.queue_running.pop(0)
+        self.history[done] = {"prompt": [0, done, {}, {}, []], "outputs": {},
+                              "status": {"status_str": "success", "completed": True, "messages": []}}
+        if self.queue_pending:
+            self.queue_running.append(self.queue_pending.pop(0))
+        return done
 
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/system_stats", self._stats)
         app.router.add_get("/api/system_stats", self._stats)
         app.router.add_get("/queue", self._queue)
+        app.router.add_get("/history", self._history)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -57,7 +77,23 @@ class FakeComfyUI:
     async def _queue(self, request: web.Request) -> web.Response:
         if not self.up:
             return self._placeholder()
-        return web.json_response({"queue_running": [], "queue_pending": []})
+        # ComfyUI lists each queue item as [number, prompt_id, prompt, extra_data, outputs_to_execute].
+        def item(n: int, prompt_id: str) -> list[Any]:
+            return [n, prompt_id, {}, {}, []]
+
+        return web.json_response({
+            "queue_running": [item(n, p) for n, p in enumerate(self.queue_running)],
+            "queue_pending": [item(n + len(self.queue_running), p) for n, p in enumerate(self.queue_pending)],
+        })
+
+    async def _history(self, request: web.Request) -> web.Response:
+        if not self.up:
+            return self._placeholder()
+        items = list(self.history.items())
+        raw = request.query.get("max_items")
+        if raw is not None and raw.isdigit():
+            items = items[-int(raw):] if int(raw) > 0 else []
+        return web.json_response(dict(items))
 
 
 class FakeGistHost:

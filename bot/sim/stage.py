@@ -323,10 +323,15 @@ async def sim_backend(settings: Settings, clock: Clock, *, scenario: str = "happ
     so a team can rehearse approvals, watching and teardown in their own Discord server without
     spending. Use the yielded settings (they carry the stage's SSH key) to build the bot.
     """
-    from bot.sim.scenarios import load_scenario
+    from bot.settings import ConfigError
+    from bot.sim.scenarios import ScenarioError, load_scenario
     from bot.vast.client import VastClient
 
-    stage = RehearsalStage(load_scenario(scenario), clock)
+    try:
+        played = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise ConfigError([f"SIM_SCENARIO: {exc}"]) from None
+    stage = RehearsalStage(played, clock)
     await stage.start()
     try:
         async with VastClient(stage.sim.base_url or "", SIM_API_KEY, clock=clock) as vast:

@@ -18,10 +18,24 @@ Verdict (the judgement calls, in order):
   script said ``run.done st=degraded``.
 * ``in_progress``: otherwise.
 
-Cause (only for a failed run): in the failed attempt, among findings before its first failure
-signal, the earliest fatal/stops-run finding, else the earliest error finding; consequence lines
-are never the cause. With none, a ``dependency_fatal`` finding "provisioning script failed without
-a recognised cause — see the last 20 lines" pointing at the failure signal's line.
+Required versus optional: a failed download (auth refusal, 404, an HTTP error) is an ``error`` that
+degrades the run, because most scripts carry on without the file. It becomes the run's fatal cause
+when a later line proves the file was required: the script stopping (a consequence line), a script
+saying a required download failed, or the workflow asking for a model file that is absent or is not
+a model (``Value not in list: ckpt_name: ...``, ``HeaderTooLarge``) — rules marked
+``required_missing``. The failed download whose URL names the missing file is promoted (else the
+earliest failed download); without any failed download the line stands on its own.
+
+Lines no rule knows but that carry an error word (``UNKNOWN_INFO``) are counted under ``unknown``
+and classified, but are not findings: they never post, never degrade.
+
+Cause: for a failed run, in the failed attempt, among findings before its first failure signal,
+the earliest fatal/stops-run finding, else the earliest error finding, else the last failure-shaped
+unknown line; consequence lines are never the cause. With none, a ``dependency_fatal`` finding
+"provisioning script failed without a recognised cause — see the last 20 lines" pointing at the
+failure signal's line. For a degraded
+run, the most severe finding (earliest first, a recognised category before ``unknown``) of the
+latest attempt that has any.
 """
 
 from __future__ import annotations
@@ -32,8 +46,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
-from bot.watch.classifier import Classification, Classifier
+from bot.watch.classifier import UNKNOWN_INFO, Classification, Classifier
 from bot.watch.milestones import MilestoneParser, ProvEvent, parse_event
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.redact import Redactor
@@ -47,6 +62,14 @@ CONSEQUENCE_ADVICE = "This only says the script failed; the cause is an earlier 
 MAX_FINDINGS_PER_ATTEMPT = 2000
 
 _ATTEMPT_FAILED = re.compile(r"\bAttempt (\d+)/(\d+) failed")
+# What a download line is about: the last path segment of its URL, or a saved file's name.
+_SUBJECT_URL = re.compile(r"https?://[^\s'\"<>]+")
+_SUBJECT_SAVED = re.compile(r"Saving to: ['‘`\"]?([^'’`\"]+)")
+_HTTP_STATUS = re.compile(r"\b[45]\d\d\b")
+# The file a required_missing line names: the first quoted name, else a model-looking word.
+_MISSING_NAME = re.compile(r"'([^']+)'|([\w.+-]+\.(?:safetensors|ckpt|pth?|bin|gguf|sft|onnx))\b")
+_DOWNLOAD_CATEGORIES = frozenset({Category.AUTH, Category.SCRIPT_MISSING})
+_NOISE = Category.PLATFORM_NOISE  # an alias: enum attribute lookups are slow on the per-line path
 _RUNNING_SCRIPT = re.compile(r"\bRunning provisioning script\b")
 
 
@@ -83,6 +106,7 @@ class _Record:
     finding: Finding
     attempt: int
     consequence: bool = False
+    subject: str = ""  # the download this finding is about (file name from the URL), if any
 
 
 class RunAnalysis:
@@ -91,6 +115,8 @@ class RunAnalysis:
     def __init__(self, classifier: Classifier, redactor: Redactor | None = None) -> None:
         self.classifier = classifier
         self.redactor = redactor
+        # Key blocks span lines: the state is this run's own, never shared with another rental's.
+        self._redact = redactor.stream() if redactor is not None else None
         self.milestone_parser = MilestoneParser()
         self.lines_seen = 0
         self._counter: Counter[str] = Counter()
@@ -106,14 +132,16 @@ class RunAnalysis:
         self._degraded_signal = False
         self._last_start: tuple[str, int] | None = None
         self._last_line = 0
+        self._subject = ""  # file name of the download the log is currently at
 
     # -- feeding ----------------------------------------------------------------------------------
     def feed_line(self, text: str, lineno: int) -> LineOutcome:
         """Analyse one line (1-based ``lineno``). The text is redacted before anything else."""
-        if self.redactor is not None:
-            text = self.redactor.redact_line(text)
+        if self._redact is not None:
+            text = self._redact.line(text)
         self.lines_seen += 1
-        self._last_line = max(self._last_line, lineno)
+        if lineno > self._last_line:
+            self._last_line = lineno
         event = parse_event(text)
         if event is not None:
             return self._feed_event(event, text, lineno)
@@ -123,17 +151,27 @@ class RunAnalysis:
         if "Running provisioning script" in text and _RUNNING_SCRIPT.search(text):
             self._start_marker("native")
         outcome = LineOutcome(lineno, text, self._attempt)
+        if "http" in text or "Saving to" in text:
+            self._note_subject(text)
         cls = self.classifier.classify_line(text)
+        noise = False
         if cls is not None:
             outcome.classification = cls
-            finding = cls.to_finding(text, lineno)
-            outcome.finding = finding
-            self._count(finding.category)
-            if not cls.noise:
-                self._add(finding, consequence=cls.consequence)
+            self._counter[cls.category] += 1  # a StrEnum key is the same dict key as its value
+            noise = cls.category is _NOISE
+            if cls is UNKNOWN_INFO:
+                pass  # counted and classified, but not a finding (module docstring)
+            elif cls.required_missing:
+                outcome.finding = self._required_missing(cls, text, lineno)
+            else:
+                finding = cls.to_finding(text, lineno)
+                outcome.finding = finding
+                if not noise:
+                    self._add(finding, consequence=cls.consequence, subject=self._subject)
             if cls.consequence:
                 self._signal(lineno)
-        outcome.milestones = self._milestone_hits(self.milestone_parser.feed_native(text, lineno), lineno)
+        if not noise:  # no noise rule matches a milestone line: skip the parser for them
+            outcome.milestones = self._milestone_hits(self.milestone_parser.feed_native(text, lineno), lineno)
         if "Attempt " in text and (m := _ATTEMPT_FAILED.search(text)):
             if cls is None or not cls.consequence:
                 self._signal(lineno)
@@ -196,10 +234,10 @@ class RunAnalysis:
         return Verdict.DEGRADED if degrading else Verdict.READY
 
     def cause(self) -> Finding | None:
-        """Why the run failed (None unless the verdict is failed)."""
+        """Why the run failed, or what degraded it (None for a ready or unfinished run)."""
         attempt = self._failed_attempt()
         if attempt is None:
-            return None
+            return self._degraded_cause() if self.verdict() == Verdict.DEGRADED else None
         signals = self._signals.get(attempt, [])
         before = signals[0] if signals else None
         candidates = [r.finding for r in self._records
@@ -211,6 +249,11 @@ class RunAnalysis:
             for finding in candidates:
                 if wanted(finding):
                     return finding
+        # A failure-shaped line no rule knows (``hf: command not found`` under ``set -e``): the last
+        # one before the script stopped is what stopped it.
+        shaped = [f for f in candidates if f.category == Category.UNKNOWN and f.severity == Severity.WARN]
+        if shaped:
+            return shaped[-1]
         line = before if before is not None else self._last_line or None
         text = NO_CAUSE_TEXT
         done = self._run_done_fail.get(attempt)
@@ -238,6 +281,54 @@ class RunAnalysis:
             "findings": [f.to_dict() for f in self.findings],
             "counts": self.counts,
         }
+
+    def _degraded_cause(self) -> Finding | None:
+        records = [r for r in self._records if not r.consequence and r.finding.severity.rank >= Severity.WARN.rank]
+        if not records:
+            return None
+        latest = max(r.attempt for r in records)
+        records = [r for r in records if r.attempt == latest]
+        # The most severe; at equal severity a recognised cause beats an unrecognised line.
+        def weight(r: _Record) -> tuple[int, bool]:
+            return r.finding.severity.rank, r.finding.category != Category.UNKNOWN
+        top = max(map(weight, records))
+        return next(r.finding for r in records if weight(r) == top)
+
+    # -- required pieces ---------------------------------------------------------------------------
+    def _note_subject(self, text: str) -> None:
+        m = _SUBJECT_SAVED.search(text)
+        if m is not None:
+            self._subject = m.group(1).rstrip("/").rsplit("/", 1)[-1]
+            return
+        m = _SUBJECT_URL.search(text)
+        if m is not None:
+            path = m.group(0).split("?", 1)[0].split("#", 1)[0].rstrip("/")
+            self._subject = unquote(path.rsplit("/", 1)[-1])
+
+    def _required_missing(self, cls: Classification, text: str, lineno: int) -> Finding:
+        """A line proving something required is missing: promote the failed download it points at."""
+        own = cls.to_finding(text, lineno)
+        m = _MISSING_NAME.search(text)
+        name = (m.group(1) or m.group(2) or "") if m else ""
+        name = name.replace("\\", "/").rsplit("/", 1)[-1]
+        failures = [r for r in self._records if not r.consequence and _is_download_failure(r.finding)]
+        target = None
+        if name:
+            target = next((r for r in failures if name in r.subject or name in r.finding.text), None)
+        if target is None and failures:
+            target = failures[0]
+        if target is None:
+            self._add(own, consequence=False)
+            return own
+        f = target.finding
+        if not (f.stops_run or f.severity == Severity.FATAL):
+            target.finding = dataclasses.replace(
+                f, severity=Severity.FATAL, stops_run=True,
+                advice=f"{f.advice} This file is required (line {lineno} needs it), so the run cannot work.")
+        # The line itself only proves the need: it stops the run but is never the cause.
+        own = dataclasses.replace(own, severity=Severity.FATAL, stops_run=True)
+        self._add(own, consequence=True)
+        return own
 
     # -- attempts and failure ---------------------------------------------------------------------
     def _start_marker(self, kind: str) -> None:
@@ -272,13 +363,13 @@ class RunAnalysis:
     def _count(self, category: Category) -> None:
         self._counter[category.value] += 1
 
-    def _add(self, finding: Finding, *, consequence: bool) -> None:
+    def _add(self, finding: Finding, *, consequence: bool, subject: str = "") -> None:
         vital = finding.stops_run or finding.severity == Severity.FATAL
         if not vital and self._kept_per_attempt[self._attempt] >= MAX_FINDINGS_PER_ATTEMPT:
             self.findings_dropped += 1
             return
         self._kept_per_attempt[self._attempt] += 1
-        self._records.append(_Record(finding, self._attempt, consequence))
+        self._records.append(_Record(finding, self._attempt, consequence, subject))
 
     def _milestone_hits(self, hits: list[MilestoneHit], lineno: int) -> list[MilestoneHit]:
         for hit in hits:
@@ -428,3 +519,11 @@ _TORCH_CHANGED = ("A requirement replaced PyTorch, so ComfyUI will likely lose t
 
 def _rank(severity: Severity) -> int:
     return severity.rank
+
+
+def _is_download_failure(finding: Finding) -> bool:
+    """A finding that says a file could not be fetched (refused, not found, an HTTP error)."""
+    if finding.category in _DOWNLOAD_CATEGORIES or finding.rule.startswith("missing."):
+        return True
+    return (finding.category in (Category.NETWORK, Category.UNKNOWN, Category.CONFIG)
+            and finding.severity.rank >= Severity.WARN.rank and _HTTP_STATUS.search(finding.text) is not None)

@@ -1,9 +1,21 @@
 """Classify one log line against the ordered rule file (``rules.json``, shipped as package data).
 
 First matching rule wins; platform noise comes first in the file because several noise lines
-contain "Error", "CRIT" or "WRN". Lines that match no rule but look like errors (a traceback,
-``ERROR``, ``Error:``, ``FATAL``, an exception, ``failed``, apt's ``E:``) become ``unknown``
-warnings so nothing alarming is silently dropped; ordinary lines classify as ``None``.
+contain "Error", "CRIT" or "WRN". ``set -x`` trace lines (``+ cmd``, ``++ cmd``) are commands a script
+is about to run, not results, so they are never classified (a traced ``trap '... [ERROR] ...'`` is
+not an error).
+
+Lines no rule knows (the rule for unknown lines):
+* reported as ``unknown`` at ``warn`` only when they have the *shape of a failure*: a traceback's
+  last line (``SomeError: ...``), a non-zero exit (``exit status 2``, ``(exit 1)``, ``Killed``,
+  ``Segmentation fault``), ``fatal:``/``error:``/``E:``/``ERROR:``/``[ERROR]`` at the start of the
+  line (git, pip, apt, the Vast provisioner, aria2c), bash's ``script: line N: ...`` errors, or an
+  HTTP 4xx/5xx status on a download (``awaiting response... 404``, ``HTTP/2 403``, ``returned
+  error: 500``);
+* otherwise, if they merely contain an error word (``error``, ``failed``, ``CRIT``...), counted as
+  ``unknown`` at ``info`` (``UNKNOWN_INFO``): never a warning, never degrading a run, but listed by
+  ``/logs errors_only``;
+* ordinary lines classify as ``None``.
 
 Speed: every rule's regex is reduced (via the regex parser) to literal substrings one of which any
 match must contain. A literal with a word in its middle is found by intersecting that word with the
@@ -34,10 +46,12 @@ except ImportError:  # pragma: no cover - other Python versions
 
 RULES_RESOURCE = "rules.json"
 _REQUIRED_KEYS = ("id", "pattern", "category", "severity", "stops_run", "advice")
-_OPTIONAL_KEYS = ("consequence",)
+_OPTIONAL_KEYS = ("consequence", "required_missing")
 _MIN_LITERAL = 3
 UNKNOWN_RULE_ID = "unknown.error_line"
+UNKNOWN_INFO_RULE_ID = "unknown.error_word"
 UNKNOWN_ADVICE = "Unrecognised error line; it may be harmless. Look at the lines around it if the run misbehaves."
+UNKNOWN_INFO_ADVICE = "An unrecognised line with an error word but not the shape of a failure; usually harmless."
 
 
 class RuleError(ValueError):
@@ -55,6 +69,10 @@ class Rule:
     stops_run: bool
     advice: str
     consequence: bool = False
+    # The line shows that something the run needs is missing (a workflow asking for a model file that
+    # is absent or not a model, a script saying a required download failed): an earlier failed
+    # download is then the run's cause, and it stops being optional.
+    required_missing: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +93,7 @@ class Classification:
     stops_run: bool
     advice: str
     consequence: bool = False
+    required_missing: bool = False
 
     @property
     def noise(self) -> bool:
@@ -82,7 +101,8 @@ class Classification:
 
     @property
     def unknown(self) -> bool:
-        return self.rule_id == UNKNOWN_RULE_ID
+        """No rule knew the line (a failure-shaped ``warn`` or a merely wordy ``info`` line)."""
+        return self.rule_id in (UNKNOWN_RULE_ID, UNKNOWN_INFO_RULE_ID)
 
     def to_finding(self, text: str, line: int | None = None) -> Finding:
         return Finding(category=self.category, severity=self.severity, text=text, advice=self.advice,
@@ -90,10 +110,12 @@ class Classification:
 
     @classmethod
     def of(cls, rule: Rule) -> Classification:
-        return cls(rule.id, rule.category, rule.severity, rule.stops_run, rule.advice, rule.consequence)
+        return cls(rule.id, rule.category, rule.severity, rule.stops_run, rule.advice, rule.consequence,
+                   rule.required_missing)
 
 
 UNKNOWN_ERROR = Classification(UNKNOWN_RULE_ID, Category.UNKNOWN, Severity.WARN, False, UNKNOWN_ADVICE)
+UNKNOWN_INFO = Classification(UNKNOWN_INFO_RULE_ID, Category.UNKNOWN, Severity.INFO, False, UNKNOWN_INFO_ADVICE)
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -151,11 +173,11 @@ def parse_rules(data: Any, where: str = "rules") -> list[Rule]:
         for key in ("pattern", "advice"):
             if not isinstance(item[key], str) or not item[key]:
                 raise RuleError(f"{name}: {key} must be a non-empty string")
-        for key in ("stops_run", "consequence"):
+        for key in ("stops_run", "consequence", "required_missing"):
             if key in item and not isinstance(item[key], bool):
                 raise RuleError(f"{name}: {key} must be true or false")
         rules.append(Rule(rule_id, item["pattern"], category, severity, item["stops_run"], item["advice"],
-                          item.get("consequence", False)))
+                          item.get("consequence", False), item.get("required_missing", False)))
     return rules
 
 
@@ -344,6 +366,61 @@ _NOT_ERROR = re.compile(
 )
 
 
+# The shape of a failure, for lines no rule knows (see the module docstring). Each shape has a cheap
+# substring gate and a small regex, anchored where it can be: one big alternation searched at every
+# position of every line was several times slower than the whole rule set.
+_TRACEBACK_LAST = re.compile(r"(?:\S+ - )?(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?::\s|:?$)")
+_TOOL_PREFIX = re.compile(r"(?i:fatal|error)\s*:\s|E:\s|[\d/:.,T\- ]*\[(?:ERROR|FATAL)\]")
+_BASH_ERROR = re.compile(r"\S+: line \d+: ")
+_NONZERO_EXIT = re.compile(
+    r"\b(?i:exit(?:ed)?|returned)(?: with)?(?: (?:a )?non-zero)?(?: exit)? (?i:status|code)[ :=]*[1-9]\d*\b"
+    r"|\(exit [1-9]\d*\)|\bnon-zero exit (?:status|code)\b")
+_CRASH_WORDS = ("Segmentation fault", "core dumped")
+_KILLED = re.compile(r"(?:^|\s)Killed(?:\s|$)")
+_HTTP_FAILURE = re.compile(
+    r"(?i:awaiting response\.\.\.|HTTP/[\d.]+|HTTP Error|returned error:|status code:?|response code:?)\s*[45]\d\d\b"
+    r"|\b[45]\d\d (?:Client|Server) Error\b")
+_HTTP_WORDS = ("awaiting response", "http/", "http error", "returned error", "status code", "response code",
+               " client error", " server error")
+# Whole words one of which a failure-shaped line without an error word contains ("exit status 2",
+# "(exit 1)", "script: line 9:", "awaiting response... 404", "HTTP/2 403", "status code: 500").
+_QUIET_SHAPE_TOKENS = frozenset({"exit", "exited", "returned", "(exit", "line", "awaiting", "code", "code:", "status",
+                                 "status:", "http/1.0", "http/1.1", "http/2", "http/3", "<", "killed"})
+_XTRACE = re.compile(r"\++ ")
+
+
+def is_xtrace(text: str) -> bool:
+    """A ``set -x`` trace line: the command about to run, echoed with bash's ``+`` prefix."""
+    return text[:1] == "+" and _XTRACE.match(text) is not None
+
+
+def failure_shaped(text: str, low: str | None = None) -> bool:
+    """True for lines shaped like a failure report (see the module docstring)."""
+    if low is None:
+        low = fold_lower(text)
+    if ":" in text:
+        if ("Error" in text or "Exception" in text or "Exit" in text or "Interrupt" in text) \
+                and _TRACEBACK_LAST.match(text):
+            return True
+        head = low.lstrip()[:8]
+        if (head.startswith(("fatal", "error", "e:")) or "[error]" in low or "[fatal]" in low) \
+                and _TOOL_PREFIX.match(text.lstrip()):
+            return True
+        if ": line " in text and _BASH_ERROR.match(text):
+            return True
+    if ("exit" in low or "returned" in low) and _NONZERO_EXIT.search(text):
+        return True
+    if "Killed" in text and _KILLED.search(text):
+        return True
+    for word in _CRASH_WORDS:
+        if word in text:
+            return True
+    for word in _HTTP_WORDS:
+        if word in low:
+            return _HTTP_FAILURE.search(text) is not None
+    return False
+
+
 def looks_like_error(text: str, low: str | None = None) -> bool:
     """True for lines that read like an error report (used for lines no rule recognises).
 
@@ -351,8 +428,11 @@ def looks_like_error(text: str, low: str | None = None) -> bool:
     """
     if low is None:
         low = text.lower()
-    if not _has_error_word(low):
-        return False
+    return _has_error_word(low) and _errorish(text)
+
+
+def _errorish(text: str) -> bool:
+    """The precise half of ``looks_like_error``, for a line already known to carry an error word."""
     if _ERRORISH.search(text) is None:
         return False
     return _ERRORISH.search(_NOT_ERROR.sub(" ", text)) is not None
@@ -385,8 +465,12 @@ class Classifier:
         self.ungated_rules = tuple(self.rules[i].id for i in ungated)
         self._ungated = frozenset(ungated)
         self._anchors = frozenset(by_anchor)
+        self._token_gate = self._anchors | _QUIET_SHAPE_TOKENS
         self._by_anchor = {tok: frozenset(idx) for tok, idx in by_anchor.items()}
         self._literal_groups = _group_literals({lit: frozenset(idx) for lit, idx in by_literal.items()})
+        # The same groups split for the hot loop: a bare loop over keys, members looked up on a hit.
+        self._group_keys = tuple(key for key, _ in self._literal_groups)
+        self._group_members = dict(self._literal_groups)
         self._cache: dict[str, Classification | None] = {}
 
     def classify_line(self, text: str) -> Classification | None:
@@ -407,26 +491,41 @@ class Classifier:
 
     # -- internals --------------------------------------------------------------------------------
     def _classify(self, text: str) -> Classification | None:
+        if text[:1] == "+" and _XTRACE.match(text):
+            return None  # a traced command, not its result
         low = fold_lower(text)
-        index = self._first_rule(text, low)
+        # The line's words that gate a rule or a quiet failure shape: one C-level set intersection.
+        words = self._token_gate.intersection(low.split())
+        index = self._first_rule(text, low, words)
         if index is not None:
             return self._results[index]
-        if looks_like_error(text, low):
-            return UNKNOWN_ERROR
+        if _has_error_word(low):
+            if failure_shaped(text, low):
+                return UNKNOWN_ERROR
+            return UNKNOWN_INFO if _errorish(text) else None
+        # Without an error word only a few shapes are possible (an exit status, bash's "line N:",
+        # an HTTP status), each with one of a few whole words: one C-level set check.
+        if words and not _QUIET_SHAPE_TOKENS.isdisjoint(words):
+            return UNKNOWN_ERROR if failure_shaped(text, low) else None
         return None
 
-    def _first_rule(self, text: str, low: str) -> int | None:
-        """Index of the first matching rule. Only rules whose required literal occurs are tried."""
-        candidates = set(self._ungated)
+    def _first_rule(self, text: str, low: str, words: set[str] | None = None) -> int | None:
+        """Index of the first matching rule. Only rules whose required literal occurs are tried.
+
+        ``words`` may pass the line's words that are in ``_token_gate`` when the caller has them.
+        """
+        candidates = set(self._ungated) if self._ungated else set()
         # A literal with a word in its middle ("no SPACE left on device") can only occur if that
         # word is one of the line's whitespace-separated tokens: one C-level set intersection.
-        for token in self._anchors.intersection(low.split()):
-            candidates |= self._by_anchor[token]
+        for token in self._token_gate.intersection(low.split()) if words is None else words:
+            indices = self._by_anchor.get(token)
+            if indices is not None:
+                candidates |= indices
         # The other literals are checked in groups sharing a substring ("error" for "error 404",
         # "client error"...), so a line without the shared part costs one check for the group.
-        for key, members in self._literal_groups:
+        for key in self._group_keys:
             if key in low:
-                for lit, indices in members:
+                for lit, indices in self._group_members[key]:
                     if lit is key or lit in low:
                         candidates |= indices
         if not candidates:
@@ -474,8 +573,9 @@ def _anchor_token(literal: str) -> str | None:
     return max(inner, key=lambda p: (p not in _COMMON_WORDS, len(p)))
 
 
+# Stop words, and words that fill ordinary provisioning logs ("Requirement already satisfied").
 _COMMON_WORDS = frozenset(
-    "a an and are as at be by for from has have in is it not of on or that the this to was with".split())
+    "a an and are as at be by for from has have in is it not of on or that the this to was with already".split())
 
 
 _MISS = object()

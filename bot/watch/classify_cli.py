@@ -2,8 +2,11 @@
 
 Reads bytes (a file path, or ``-`` for stdin) through the same LineAssembler, Redactor, classifier
 and milestone parser as the live watch, then prints either one JSON object or a readable summary.
-Every printed line comes from redacted text; exit status is 0 whatever the verdict, 2 when the
-input can't be read.
+Every printed line comes from redacted text.
+
+Exit status, so scripts can branch on the verdict: 0 for ``ready`` or ``in_progress``, 3 for
+``degraded``, 4 for ``failed``; 2 when the input can't be read or is not a text log (a binary file
+is refused before anything is printed: its "lines" would be noise and could hold anything).
 """
 
 from __future__ import annotations
@@ -16,18 +19,56 @@ from typing import BinaryIO, TextIO
 from bot.watch.analysis import RunAnalysis
 from bot.watch.classifier import Classifier, RuleError, load_rules
 from bot.watch.lines import LineAssembler
+from bot.watch.model import Verdict
 from bot.watch.redact import Redactor
 
 CHUNK = 1 << 16
 EXIT_OK = 0
 EXIT_UNREADABLE = 2
+EXIT_DEGRADED = 3
+EXIT_FAILED = 4
+VERDICT_EXIT = {Verdict.READY: EXIT_OK, Verdict.IN_PROGRESS: EXIT_OK, Verdict.DEGRADED: EXIT_DEGRADED,
+                Verdict.FAILED: EXIT_FAILED}
+EXIT_CODES_HELP = ("exit status: 0 ready or in progress, 3 degraded, 4 failed, "
+                   "2 unreadable or not a text log")
 SUMMARY_TEXT_CHARS = 160
+# Binary sniffing on the first chunk: a text log has almost no control bytes and decodes as UTF-8
+# apart from a few stray bytes; a model file, archive or image has many of both.
+SNIFF_BYTES = 8192
+MAX_BINARY_RATIO = 0.10
+_TEXT_CONTROLS = frozenset(b"\t\n\r\x0c\x1b\x08")
+_BINARY_MAGIC = (b"\x1f\x8b", b"PK\x03\x04", b"\x7fELF", b"\x89PNG", b"%PDF", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf")
 
 
-def analyse_stream(stream: BinaryIO, analysis: RunAnalysis) -> int:
-    """Feed a byte stream through a LineAssembler into ``analysis``; return the number of lines."""
+class NotALog(ValueError):
+    """The input is binary data, not a text log."""
+
+
+def looks_binary(head: bytes) -> bool:
+    """True when the first bytes of a file are clearly not a text log."""
+    if not head:
+        return False
+    if head.startswith(_BINARY_MAGIC):
+        return True
+    sample = head[:SNIFF_BYTES]
+    controls = sum(1 for b in sample if b < 0x20 and b not in _TEXT_CONTROLS) + sample.count(0x7f)
+    # Drop the last 3 bytes: a cut in the middle of a UTF-8 character there is not evidence.
+    body = sample[:-3] if len(sample) > 3 else sample
+    invalid = body.decode("utf-8", errors="replace").count("\ufffd")
+    return (controls + invalid) / len(sample) > MAX_BINARY_RATIO
+
+
+def analyse_stream(stream: BinaryIO, analysis: RunAnalysis, *, refuse_binary: bool = False) -> int:
+    """Feed a byte stream through a LineAssembler into ``analysis``; return the number of lines.
+
+    With ``refuse_binary`` the first chunk is sniffed and ``NotALog`` raised before anything is fed.
+    """
     assembler = LineAssembler()
+    first = True
     while chunk := stream.read(CHUNK):
+        if first and refuse_binary and looks_binary(chunk):
+            raise NotALog("binary data")
+        first = False
         for lineno, line in assembler.feed_numbered(chunk):
             analysis.feed_line(line, lineno)
     first = assembler.line_count + 1
@@ -49,10 +90,15 @@ def run_classify(source: str, *, as_json: bool, secrets: Mapping[str, str] | Non
     analysis = RunAnalysis(classifier, Redactor(secrets or {}))
     try:
         if source == "-":
-            lines = analyse_stream(sys.stdin.buffer, analysis)
+            lines = analyse_stream(sys.stdin.buffer, analysis, refuse_binary=True)
         else:
             with open(source, "rb") as stream:
-                lines = analyse_stream(stream, analysis)
+                lines = analyse_stream(stream, analysis, refuse_binary=True)
+    except NotALog:
+        where = "standard input" if source == "-" else source
+        print(f"classify: {where} is a binary file, not a text log; give the provisioning log "
+              "(for example /var/log/portal/provisioning.log)", file=err)
+        return EXIT_UNREADABLE
     except IsADirectoryError:
         print(f"classify: {source} is a directory, not a log file", file=err)
         return EXIT_UNREADABLE
@@ -70,7 +116,7 @@ def run_classify(source: str, *, as_json: bool, secrets: Mapping[str, str] | Non
         out.write("\n")
     else:
         out.write(format_summary(analysis, lines))
-    return EXIT_OK
+    return VERDICT_EXIT[analysis.verdict()]
 
 
 def format_summary(analysis: RunAnalysis, lines: int | None = None) -> str:

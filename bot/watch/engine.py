@@ -42,6 +42,7 @@ from bot.watch.events import (
     Notifier,
 )
 from bot.watch.findings import Findings
+from bot.watch.lease import LeaseKeeper
 from bot.watch.model import Category, Finding, Milestone, Severity
 from bot.watch.money import billing_update, cap_finding, clock_skew, deadline_finding
 from bot.watch.outbox import EventOutbox
@@ -50,6 +51,7 @@ from bot.watch.records import STORE_ERRORS, Alarms, Recorder
 from bot.watch.redact import Redactor
 from bot.watch.state import RentalWatch, SshConnector, WatchMemory, WatchPolicy
 from bot.watch.teardown import Teardown
+from bot.watch.views import WatchViews
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ class WatchEngine:
                                       recorder=self.recorder, findings=self.findings, ssh_connect=ssh_connect)
         self.reconciler = Reconciler(store=store, vast=vast, clock=clock, policy=policy, recorder=self.recorder,
                                      creating=self.creating, destroy_sent=self.teardown.destroy_sent)
+        self.lease = LeaseKeeper(store=store, clock=clock, recorder=self.recorder, teardown=self.teardown,
+                                 watches=self.watches)
         self.on_destroyed = self.teardown.on_destroyed
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -128,6 +132,7 @@ class WatchEngine:
         # The account as the last successful list showed it (a read API serves /status from it).
         self.last_list: dict[int, Instance] = {}
         self.last_list_at: float | None = None
+        self.views = WatchViews(self)
 
     @property
     def notifier(self) -> Notifier | None:
@@ -344,6 +349,7 @@ class WatchEngine:
                     f"instance status is {status!r}: {inst.status_msg or 'no message'}",
                     "The container stopped. Destroy it and rent again (another host if it repeats).",
                     stops_run=True, rule="engine.container_stopped"))
+        await self.lease.step(watch, inst, now)
 
     async def _money(self, watch: RentalWatch, inst: Instance | None, status: str | None, now: float) -> None:
         """Billing columns, cost posts and samples, then the dollar cap: the cap never waits on a write."""

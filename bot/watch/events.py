@@ -24,6 +24,10 @@ class EventKind(StrEnum):
     LOG_ROTATED = "log_rotated"
     INFO = "info"
     APPROVAL = "approval"
+    LEASE_NOTICE = "lease_notice"
+    LEASE_EXTENDED = "lease_extended"
+    LEASE_HELD = "lease_held"
+    RECHECK_BREACH = "recheck_breach"
 
 
 # Short names, used throughout the faces of the engine.
@@ -39,6 +43,10 @@ EV_RECEIPT = EventKind.RECEIPT
 EV_LOG_ROTATED = EventKind.LOG_ROTATED
 EV_INFO = EventKind.INFO
 EV_APPROVAL = EventKind.APPROVAL
+EV_LEASE_NOTICE = EventKind.LEASE_NOTICE
+EV_LEASE_EXTENDED = EventKind.LEASE_EXTENDED
+EV_LEASE_HELD = EventKind.LEASE_HELD
+EV_RECHECK_BREACH = EventKind.RECHECK_BREACH
 
 
 # A rental moved from one state to another ("from" is a keyword, hence the functional form).
@@ -104,6 +112,7 @@ class ReceiptPayload(TypedDict):
     dph: float | None
     milestones: list[str]
     verdict: str
+    idle_s: NotRequired[float]  # seconds ComfyUI sat ready with nothing to do (the idle lease)
 
 
 class CostPayload(TypedDict):
@@ -128,11 +137,50 @@ class ApprovalPayload(TypedDict):
     default_action: NotRequired[str | None]
 
 
+class LeaseNoticePayload(TypedDict):
+    """The requester is asked to extend or tear down: the lease ends (or ComfyUI sat idle) soon."""
+
+    reason: str  # "lease" | "idle"
+    deadline: float  # when it is torn down with no answer (also the token of the notice's buttons)
+    requester_id: int | None
+    idle_s: float  # seconds ComfyUI has been idle at the notice
+    busy: bool | None  # ComfyUI running or queueing a prompt now (None: could not tell)
+
+
+class LeaseExtendedPayload(TypedDict):
+    ends_at: float
+    by: str
+    by_id: int
+    total_s: float  # the lease's length from ready to its new end
+    approver: bool  # an approver's click was needed (past LEASE_MAX_TOTAL)
+
+
+class LeaseHeldPayload(TypedDict):
+    """The lease is over but ComfyUI is running a prompt: the teardown waits for it."""
+
+    deadline: float
+    running: int
+    pending: int
+
+
+class RecheckPayload(TypedDict):
+    """Vast's view of a new instance breaks what was approved: destroyed at once."""
+
+    check: str  # "geolocation" | "price"
+    text: str
+    geolocation: str | None
+    dph_total: float | None
+    quoted_dph: float | None
+    tolerance: float
+
+
 # The payload types by kind, for readers that want to narrow (``cast(PAYLOADS[kind], payload)``).
 PAYLOADS: dict[EventKind, Any] = {
     EventKind.STATE: StatePayload, EventKind.FINDING: FindingPayload, EventKind.DECISION: DecisionPayload,
     EventKind.PROPOSAL: ProposalPayload, EventKind.RECEIPT: ReceiptPayload, EventKind.COST: CostPayload,
     EventKind.INFO: InfoPayload, EventKind.APPROVAL: ApprovalPayload,
+    EventKind.LEASE_NOTICE: LeaseNoticePayload, EventKind.LEASE_EXTENDED: LeaseExtendedPayload,
+    EventKind.LEASE_HELD: LeaseHeldPayload, EventKind.RECHECK_BREACH: RecheckPayload,
 }
 
 

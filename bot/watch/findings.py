@@ -9,6 +9,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.db.models import RentalState
 from bot.watch.events import EV_FINDING, EV_MILESTONE, EV_NOISE, EV_VERDICT
+from bot.watch.links import comfyui_link, displayable, tunnel_link
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
 from bot.watch.records import Recorder
 from bot.watch.redact import Redactor
@@ -113,6 +114,18 @@ class Findings:
             return
         now = self.clock.now()
         watch.memory.milestones[name.value] = now
+        detail = dict(detail)
+        if "url" in detail:
+            # A link's host never comes from free text: ComfyUI's from Vast's address for the instance,
+            # a tunnel's only if it has the quick-tunnel shape. Anything else is not shown or stored.
+            if name == Milestone.COMFYUI_READY:
+                detail["url"] = comfyui_link(watch.instance) if watch.instance is not None else None
+            elif name == Milestone.TUNNEL_READY:
+                detail["url"] = tunnel_link(str(detail["url"]))
+            elif name == Milestone.PORTAL_READY:
+                detail["url"] = displayable(str(detail["url"]))
+        elif name == Milestone.COMFYUI_READY and watch.instance is not None:
+            detail["url"] = comfyui_link(watch.instance)
         payload: dict[str, Any] = {"name": name.value, **{k: v for k, v in detail.items() if v is not None}}
         payload.update(progress(watch.rental, now))
         if name == Milestone.TUNNEL_READY and detail.get("url"):

@@ -119,11 +119,12 @@ def event_line(ts: float, kind: str, payload: dict[str, Any]) -> str:
 
 
 def only_problems(lines: Iterable[str], classifier: Classifier) -> list[str]:
-    """The lines the classifier flags as warnings or worse (noise excluded)."""
+    """The lines the classifier flags as warnings or worse, and unrecognised lines with error words
+    (counted at info by the watcher, never posted, but they belong in this view); noise excluded."""
     keep = []
     for line in lines:
         found = classifier.classify_line(line)
-        if found is not None and not found.noise and found.severity.rank >= Severity.WARN.rank:
+        if found is not None and not found.noise and (found.unknown or found.severity.rank >= Severity.WARN.rank):
             keep.append(line)
     return keep
 

@@ -18,7 +18,19 @@ Stage rules (documented because they are judgement calls):
 * ``packages_installed``: the first ``apt``/``pip`` ok event or native success line.
 * ``script_fetched``: ``fetch`` ok of the recipe/script/manifest, or native ``Script saved to ... (N bytes)``
   with a plausible size (a tiny file is GitHub's 404 body, which the classifier reports instead),
-  or ai-dock's ``Successfully created .../provisioning.sh``.
+  or ai-dock's ``Successfully created .../provisioning.sh`` — which ai-dock prints even when
+  ``curl -L -o`` (no ``-f``) saved a ``404: Not Found`` body, so it is only reported once a later
+  line shows the script ran (any line other than ``dos2unix``/``Looking for provisioning.sh``); a
+  ``line 1: 404...`` error from the script cancels it. The Vast/ai-dock scripts' own
+  ``#  Provisioning container  #`` banner proves the script was fetched (legacy hooks print
+  nothing else).
+* ``models_downloaded`` counts as finished: the provisioner's ``Successfully downloaded``, wget's
+  ``100%[====>]`` bar or ``‘…’ saved [N/N]``, aria2c's ``Download complete:`` or ``|OK  |`` result row,
+  a tqdm bar at ``100%|…| N/N``, curl's final ``100  6616M  100  6616M`` meter line.
+* ``torch_ready`` also from a script's probe: ``torch version: 2.5.1+cu124``,
+  ``2.5.1+cu124 True`` (``print(torch.__version__, torch.cuda.is_available())``) — not a ``+cpu`` build.
+* Custom nodes cloned relative to ``custom_nodes`` (``+ cd .../custom_nodes`` then
+  ``Cloning into 'X'...``) count as node activity too.
 * ``comfyui_ready`` from a log line is only a candidate: its detail carries ``needs_http_check: true``
   and the engine confirms it with ``GET /system_stats``.
 """
@@ -105,18 +117,52 @@ def strip_query(url: str) -> str:
 _URL = r"(https?://[^\s'\"<>|)]+)"
 _PROV_STARTED = re.compile(
     r"\* Provisioning instance with (?:remote )?(?:script|manifest) from\s+" + _URL
-    + r"|\bProvisioner starting\b|Looking for provisioning\.sh|\bProvisioning start:")
+    + r"|\bProvisioner starting\b|Looking for provisioning\.sh|\bProvisioning start:|^#\s+Provisioning container\s+#")
+_SCRIPT_BANNER = re.compile(r"^#\s+Provisioning container\s+#")
+_SCRIPT_BODY_404 = re.compile(r"provisioning\.sh: line 1: .*(?:404|Not Found|command not found|syntax error)")
 _SCRIPT_SAVED = re.compile(r"Script saved to (\S+) \((\d+) bytes\)")
 _SCRIPT_CREATED = re.compile(r"Successfully created (\S*provisioning\.sh) from\s+" + _URL)
 _PACKAGES = re.compile(r"(?:Pip|APT) packages installed successfully|^\s*Successfully installed \S"
                        r"|^\s*Installed \d+ packages? in ")
-_TORCH = re.compile(r"pytorch version: (\S+)")
+_TORCH = re.compile(r"\b(?:py)?torch(?: version)?\s*[:=]\s*(\d+\.\d+\S*)|^(?:torch\s+)?(\d+\.\d+\.\d+\+cu\d+)"
+                    r"(?:\s+|,\s*)(?:cuda(?: available)?\s*[:=]?\s*)?True\b", re.IGNORECASE)
 _NODE_ACTIVITY = re.compile(r"Cloning into '[^']*/custom_nodes/([^'/]+)'|Downloading node: (\S+)|Updating node: (\S+)"
                             r"|Git repo ready: \S*/custom_nodes/(\S+)|Repo already exists: \S*/custom_nodes/(\S+)")
 _MODEL_DONE = re.compile(r"Successfully downloaded:?\s*(\S+)?|File already exists: (\S+)")
+# The other "a file finished" shapes, each behind its own substring gate (see ``_model_done``).
+_DONE_100 = re.compile(r"\s100%\[=*>?\]|\b100%\|[^|]*\|\s*(?P<sz>[\d.]+\s?[kMGT]?i?B?)/(?P=sz)(?![\d.])")
+_DONE_SAVED = re.compile(r"['‘]\S+['’] saved \[(?P<n>\d+)/(?P=n)\]")
+_DONE_ARIA = re.compile(r"\w+\|OK\s*\|")
+_DONE_CURL = re.compile(r"\s*100\s+[\d.]+[MGT]\s+100\s+[\d.]+[MGT]\s")
+
+
+def _model_done(line: str, successfully: bool, download: bool) -> bool:
+    """A line saying one model file finished downloading (or was already there).
+
+    ``successfully`` / ``download``: whether ``"Successfully "`` / ``"ownload"`` occur in the line.
+    """
+    if (successfully and download) or "File already exists" in line:
+        return _MODEL_DONE.search(line) is not None
+    if download and "Download complete: " in line:
+        return "[NOTICE]" in line
+    if "saved [" in line:
+        return _DONE_SAVED.search(line) is not None
+    if "|OK" in line:
+        return _DONE_ARIA.match(line) is not None
+    if "100" not in line:
+        return False
+    if "100%" in line:
+        return _DONE_100.search(line) is not None
+    return line.lstrip()[:4] == "100 " and _DONE_CURL.match(line) is not None
+
+
 _MODEL_STAGE = re.compile(r"Downloading \d+ model|^\s*Downloading: https?://"
-                          r"|Downloading https?://\S+ \(attempt \d+/\d+\)")
-_PROV_COMPLETE = re.compile(r"(?<!not yet )\bProvisioning complete\b", re.IGNORECASE)
+                          r"|Downloading https?://\S+ \(attempt \d+/\d+\)|\[NOTICE\] Downloading \d+ item"
+                          r"|(?:huggingface-cli|hf) download \S")
+_CD_NODES = re.compile(r"^\+* ?cd \S*custom_nodes/?\s*$")
+_CD_OTHER = re.compile(r"^\+* ?cd \S")
+_RELATIVE_CLONE = re.compile(r"^Cloning into '([^'/]+)'")
+_PROV_COMPLETE = re.compile(r"(?<!not yet )\bProvisioning (?:complete|completed|finished|done)\b", re.IGNORECASE)
 _COMFY_STARTING = re.compile(r"Import times for custom nodes:|^\s*Starting server\s*$|To see the GUI go to:")
 _COMFY_GUI = re.compile(r"To see the GUI go to: (https?)://(\S+?):(\d+)")
 _TUNNEL_COMFY = re.compile(r"Default Tunnel started for ComfyUI \(([^)]*)\) - (https://\S+)")
@@ -124,6 +170,17 @@ _TUNNEL_PORTAL = re.compile(r"Default Tunnel started for Instance Portal \(([^)]
 _TRYCLOUDFLARE = re.compile(r"https://\w+(?:-\w+)+\.trycloudflare\.com")
 _TUNNEL_TARGET = re.compile(r"\[(https?://[^\]\s]+)\]")
 _NAMED_TUNNEL = re.compile(r"Cloudflare daemon started|Named tunnel process started")
+
+
+# Enum attribute lookups cost several times a dict lookup; the per-line path uses these aliases.
+_M_COMFYUI_READY = Milestone.COMFYUI_READY
+_M_PACKAGES_INSTALLED = Milestone.PACKAGES_INSTALLED
+_M_PORTAL_READY = Milestone.PORTAL_READY
+_M_PROVISIONING_COMPLETE = Milestone.PROVISIONING_COMPLETE
+_M_PROVISIONING_STARTED = Milestone.PROVISIONING_STARTED
+_M_SCRIPT_FETCHED = Milestone.SCRIPT_FETCHED
+_M_TORCH_READY = Milestone.TORCH_READY
+_M_TUNNEL_READY = Milestone.TUNNEL_READY
 
 
 class MilestoneParser:
@@ -136,6 +193,9 @@ class MilestoneParser:
         self._nodes_failed = 0
         self._models_done = 0
         self._last_model_line: int | None = None
+        self._pending_script: dict[str, Any] | None = None  # ai-dock's claim, until the script runs
+        self._script_body_404 = False
+        self._in_nodes_dir = False  # a traced ``cd`` into custom_nodes: relative clones are nodes
 
     def feed(self, line: str, lineno: int) -> list[MilestoneHit]:
         """Milestones first reached on this line (a structured event or a native line)."""
@@ -187,46 +247,75 @@ class MilestoneParser:
         hits: list[MilestoneHit] = []
         seen = self.seen
         # Each regex runs only when a word it needs is present: most lines pass the gate for one reason.
-        if (Milestone.PROVISIONING_STARTED not in seen and "rovision" in line
-                and (m := _PROV_STARTED.search(line))):
+        # Checks that share a word are nested under it, so an ordinary line costs few substring tests.
+        provision = "rovision" in line
+        if provision and _M_PROVISIONING_STARTED not in seen and (m := _PROV_STARTED.search(line)):
             detail = {"url": strip_query(m.group(1))} if m.group(1) else {}
-            self._hit(hits, Milestone.PROVISIONING_STARTED, lineno, **detail)
-        if Milestone.SCRIPT_FETCHED not in seen:
-            if "Script saved" in line and (m := _SCRIPT_SAVED.search(line)):
-                if int(m.group(2)) >= MIN_SCRIPT_BYTES:
-                    self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), bytes=int(m.group(2)))
-            elif "Successfully created" in line and (m := _SCRIPT_CREATED.search(line)):
-                self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), url=strip_query(m.group(2)))
-        if Milestone.PACKAGES_INSTALLED not in seen and "nstalled" in line and _PACKAGES.search(line):
-            self._hit(hits, Milestone.PACKAGES_INSTALLED, lineno)
+            self._hit(hits, _M_PROVISIONING_STARTED, lineno, **detail)
+        successfully = "Successfully " in line
+        if _M_SCRIPT_FETCHED not in seen and (
+                self._pending_script is not None or provision or successfully or "Script saved" in line
+                or "line 1:" in line):
+            self._script_fetched(hits, line, lineno)
+        if _M_PACKAGES_INSTALLED not in seen and "nstalled" in line and _PACKAGES.search(line):
+            self._hit(hits, _M_PACKAGES_INSTALLED, lineno)
+        if "cd " in line and line.startswith(("+", "cd ")) and _CD_OTHER.match(line):
+            self._in_nodes_dir = _CD_NODES.match(line) is not None
         if ("custom_nodes" in line or "node: " in line) and _NODE_ACTIVITY.search(line):
             self._nodes_open = True
             if line.lstrip().startswith(("Cloning into", "Git repo ready", "Repo already exists")):
                 self._nodes_count += 1
-        if ("Successfully downloaded" in line or "File already exists" in line) and _MODEL_DONE.search(line):
+        elif self._in_nodes_dir and line.startswith("Cloning into") and _RELATIVE_CLONE.match(line):
+            self._nodes_open = True
+            self._nodes_count += 1
+        download = "ownload" in line
+        if _model_done(line, successfully, download):
             self._close_nodes(hits, lineno)
             self._models_done += 1
             self._last_model_line = lineno
-        elif "Downloading" in line and _MODEL_STAGE.search(line):
+        elif download and "Downloading" in line and _MODEL_STAGE.search(line):
             self._close_nodes(hits, lineno)
         if ("omplete" in line or "OMPLETE" in line) and _PROV_COMPLETE.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
-            self._hit(hits, Milestone.PROVISIONING_COMPLETE, lineno)
+            self._hit(hits, _M_PROVISIONING_COMPLETE, lineno)
         gui = "To see the GUI" in line
         if (gui or "Import times" in line or "Starting server" in line) and _COMFY_STARTING.search(line):
             self._close_nodes(hits, lineno)
             self._close_models(hits)
-        if "pytorch version" in line and (m := _TORCH.search(line)):
-            self._hit(hits, Milestone.TORCH_READY, lineno, version=m.group(1))
-        if gui and Milestone.COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
+        if (_M_TORCH_READY not in seen and ("orch" in line or line[:1].isdigit())
+                and (m := _TORCH.search(line)) and "+cpu" not in (version := m.group(1) or m.group(2))):
+            self._hit(hits, _M_TORCH_READY, lineno, version=version)
+        if gui and _M_COMFYUI_READY not in seen and (m := _COMFY_GUI.search(line)):
             scheme, host, port = m.groups()
-            self._hit(hits, Milestone.COMFYUI_READY, lineno, url=f"{scheme}://{host}:{port}", port=int(port),
+            self._hit(hits, _M_COMFYUI_READY, lineno, url=f"{scheme}://{host}:{port}", port=int(port),
                       needs_http_check=True)
-        if ((Milestone.TUNNEL_READY not in seen or Milestone.PORTAL_READY not in seen)
+        if ((_M_TUNNEL_READY not in seen or _M_PORTAL_READY not in seen)
                 and ("unnel" in line or "trycloudflare" in line or "Cloudflare daemon" in line)):
             self._tunnels(hits, line, lineno)
         return hits
+
+    def _script_fetched(self, hits: list[MilestoneHit], line: str, lineno: int) -> None:
+        if "Script saved" in line and (m := _SCRIPT_SAVED.search(line)):
+            if int(m.group(2)) >= MIN_SCRIPT_BYTES:
+                self._hit(hits, Milestone.SCRIPT_FETCHED, lineno, path=m.group(1), bytes=int(m.group(2)))
+            return
+        if "Successfully created" in line and (m := _SCRIPT_CREATED.search(line)):
+            self._pending_script = {"line": lineno, "path": m.group(1), "url": strip_query(m.group(2))}
+            return
+        if "line 1:" in line and _SCRIPT_BODY_404.search(line):
+            self._pending_script = None  # the "script" was an error page
+            self._script_body_404 = True
+            return
+        if self._pending_script is not None:
+            stripped = line.strip()
+            if not stripped or stripped.startswith("dos2unix") or "Looking for provisioning.sh" in stripped:
+                return
+            pending, self._pending_script = self._pending_script, None
+            self._hit(hits, Milestone.SCRIPT_FETCHED, pending.pop("line"), **pending)
+            return
+        if not self._script_body_404 and "Provisioning container" in line and _SCRIPT_BANNER.search(line):
+            self._hit(hits, Milestone.SCRIPT_FETCHED, lineno)
 
     def _tunnels(self, hits: list[MilestoneHit], line: str, lineno: int) -> None:
         if m := _TUNNEL_COMFY.search(line):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bot.clock import Clock
 from bot.db.models import Rental, RentalState
 from bot.db.store import Store, StoreError
-from bot.watch.events import EV_STATE, EventKind
+from bot.watch.events import EV_RECEIPT, EV_STATE, EventKind
 from bot.watch.outbox import EventOutbox
 from bot.watch.ssh import endpoint_for
 from bot.watch.state import RentalWatch, WatchPolicy
@@ -78,6 +78,8 @@ class Recorder:
         self.policy = policy
         self.alarms = alarms
         self.watches = watches
+        # Fields other collaborators add to a receipt (the lease: ``idle_s``).
+        self.receipt_fields: list[Callable[[Rental], Mapping[str, Any]]] = []
 
     async def emit(self, rental: Rental, kind: EventKind, payload: Mapping[str, Any]) -> None:
         """Store an event before anyone sees it.
@@ -86,6 +88,8 @@ class Recorder:
         with the state that produced it (one transaction); otherwise it is written at once, and kept
         in the buffer for the next save if the database refuses it.
         """
+        if kind == EV_RECEIPT:
+            payload = {**payload, **{k: v for extra in self.receipt_fields for k, v in extra(rental).items()}}
         watch = self.watches.get(rental.id)
         if watch is not None and watch.lock.locked():
             watch.buffer.append((str(kind), dict(payload), self.clock.now()))

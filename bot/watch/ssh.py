@@ -328,6 +328,21 @@ class ComfyCheck:
     stats: dict[str, Any] | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ComfyActivity:
+    """What ComfyUI is doing, from ``/queue`` and ``/history?max_items=1`` (None fields: unread)."""
+
+    ok: bool
+    running: int = 0
+    pending: int = 0
+    last_prompt: str | None = None  # id of the newest prompt in the history
+    detail: str = ""
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0 or self.pending > 0
+
+
 def best_alternative_log(configured_path: str, candidates: Sequence[LogCandidate]) -> LogCandidate | None:
     """The log most likely written instead of ``configured_path`` (provision-named, newest, biggest)."""
     others = [c for c in candidates if c.path != configured_path and c.size > 0]
@@ -689,6 +704,36 @@ class SshLogSession:
             notes.append(f"port {port}: {verdict}")
         return ComfyCheck(False, status, "; ".join(notes) or "no ports to check")
 
+    async def comfyui_activity(
+        self, ports: Sequence[int] = COMFYUI_PORTS, *, timeout: float = 10.0  # noqa: ASYNC109
+    ) -> ComfyActivity:
+        """Is ComfyUI running or queueing a prompt, and which prompt ran last? Read from ``/queue``
+        and ``/history?max_items=1`` through the tunnel; never raises for an unhealthy app, only
+        for a broken SSH connection."""
+        notes: list[str] = []
+        for port in ports:
+            try:
+                queue = _json_object(await self.http_get(port, "/queue", timeout=timeout))
+                if isinstance(queue, str):
+                    notes.append(f"port {port} /queue: {queue}")
+                    continue
+                history = _json_object(await self.http_get(port, "/history?max_items=1", timeout=timeout))
+            except HttpProbeFailed as exc:
+                notes.append(str(exc))
+                continue
+            if isinstance(history, str):
+                notes.append(f"port {port} /history: {history}")
+                continue
+            running, pending = queue.get("queue_running"), queue.get("queue_pending")
+            if not isinstance(running, list) or not isinstance(pending, list):
+                notes.append(f"port {port} /queue: no queue_running/queue_pending lists")
+                continue
+            # The history is in insertion order: the last key is the newest prompt.
+            last = next(reversed(history), None) if history else None
+            return ComfyActivity(True, len(running), len(pending), str(last) if last is not None else None,
+                                 f"port {port}: {len(running)} running, {len(pending)} pending")
+        return ComfyActivity(False, detail="; ".join(notes) or "no ports to check")
+
     # -- teardown ----------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -723,6 +768,17 @@ def _judge_system_stats(resp: HttpResponse) -> dict[str, Any] | str:
     if not isinstance(stats, dict) or not isinstance(stats.get("devices"), list):
         return "HTTP 200 JSON without a devices list"
     return stats
+
+
+def _json_object(resp: HttpResponse) -> dict[str, Any] | str:
+    """The JSON object ComfyUI answered, or why it is not one."""
+    if resp.headers.get("x-portal-placeholder", "").strip().lower() == "true" or resp.status != 200:
+        return f"HTTP {resp.status}"
+    try:
+        body = json.loads(resp.body)
+    except ValueError:
+        return "HTTP 200 but not JSON"
+    return body if isinstance(body, dict) else "HTTP 200 JSON but not an object"
 
 
 def _describe(stats: dict[str, Any]) -> str:

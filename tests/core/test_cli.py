@@ -100,3 +100,10 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_an_unknown_sim_scenario_is_a_configuration_error(tmp_path: Path) -> None:
+    proc = cli(["check"], tmp_path, VAST_BACKEND="sim", SIM_SCENARIO="no-such-scenario")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "SIM_SCENARIO" in proc.stdout + proc.stderr and "happy" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -39,7 +39,7 @@ async def test_spending_stops_within_one_poll_of_the_signal(outcome: Outcome, na
     assert result.stopped_at <= signal + result.poll_interval
     # The simulator really stopped billing, and what was billed is what ran until then.
     assert result.billing_stopped is True
-    assert result.spent == pytest.approx(result.billed_total)
+    assert result.sim_spent == pytest.approx(result.billed_total)
     receipt = [e for e in result.events if e.kind == "receipt"]
     assert len(receipt) == 1 and receipt[0].payload["by"] == "engine"
 

@@ -56,7 +56,9 @@ def line_of(name: str, needle: str) -> int:
 def test_happy_run_with_port_noise_and_optional_node_failures_is_degraded() -> None:
     a = analyse_file("happy_run.log")
     assert a.verdict() == Verdict.DEGRADED
-    assert a.cause() is None
+    cause = a.cause()  # a degraded run names what degraded it: the first error
+    assert cause is not None and (cause.category, cause.severity) == (Category.DEPENDENCY, Severity.ERROR)
+    assert cause.line == line_of("happy_run.log", "Could not find a version")
     names = [m.name for m in a.milestones]
     assert names == [Milestone.PORTAL_READY, Milestone.PROVISIONING_STARTED, Milestone.SCRIPT_FETCHED,
                      Milestone.PACKAGES_INSTALLED, Milestone.NODES_INSTALLED, Milestone.MODELS_DOWNLOADED,
@@ -121,7 +123,8 @@ def test_torch_replaced_is_dependency_fatal() -> None:
 def test_gated_repo_with_fallback_model_is_degraded() -> None:
     a = analyse_file("gated_hf.log")
     assert a.verdict() == Verdict.DEGRADED
-    assert a.cause() is None
+    cause = a.cause()  # the optional gated model is named as what degraded the run
+    assert cause is not None and cause.category == Category.AUTH and not cause.stops_run
     assert Category.AUTH in {f.category for f in a.findings}
     assert a.reached(Milestone.MODELS_DOWNLOADED) and a.reached(Milestone.PROVISIONING_COMPLETE)
 
@@ -229,7 +232,9 @@ def test_fatal_in_an_attempt_superseded_by_a_completed_retry() -> None:
     a = analyse_lines(["Running provisioning script: /provisioning.sh", "E: Unable to locate package libfoo",
                        "[ERROR] Provisioning script failed (exit 100)", "[WARNING] Attempt 1/3 failed, retrying",
                        "Running provisioning script: /provisioning.sh", "Provisioning complete!"])
-    assert a.verdict() == Verdict.DEGRADED and a.cause() is None
+    assert a.verdict() == Verdict.DEGRADED
+    cause = a.cause()  # what the retry recovered from
+    assert cause is not None and cause.line == 2
 
 
 def test_attempts_from_run_start_events() -> None:
@@ -373,3 +378,62 @@ def test_findings_are_capped_per_attempt_but_counted_and_fatal_kept() -> None:
     assert len(a.findings) == MAX_FINDINGS_PER_ATTEMPT + 1 and a.findings_dropped == 50
     assert a.counts == {"disk_full": 1, "unknown": n}
     assert a.cause() is not None and a.cause().line == n + 1  # type: ignore[union-attr]
+
+
+# -- required versus optional pieces, unknown lines --------------------------------------------------
+
+WGET_401 = ["--2026-02-05 10:03:01--  https://civitai.com/api/download/models/798204?type=Model&format=SafeTensor",
+            "HTTP request sent, awaiting response... 401 Unauthorized",
+            "Username/Password Authentication Failed."]
+
+
+def test_an_optional_download_refused_degrades_with_its_cause() -> None:
+    a = analyse_lines([*WGET_401, "Provisioning complete:  Application will start now",
+                       "To see the GUI go to: http://127.0.0.1:18188"])
+    cause = a.cause()
+    assert a.verdict() == Verdict.DEGRADED and cause is not None
+    assert (cause.category, cause.line, cause.stops_run) == (Category.AUTH, 2, False)
+
+
+def test_a_workflow_missing_the_refused_model_makes_it_required_and_fails() -> None:
+    a = analyse_lines([*WGET_401, "--2026-02-05 10:03:40--  https://huggingface.co/x/y/resolve/main/vae.safetensors",
+                       "HTTP request sent, awaiting response... 403 Forbidden",
+                       "Provisioning complete:  Application will start now",
+                       "To see the GUI go to: http://127.0.0.1:18188", "got prompt",
+                       "Failed to validate prompt for output 9:", "* VAELoader 10:"])
+    outcome = a.feed_line("  - Value not in list: vae_name: 'vae.safetensors' not in []", 12)
+    # the line that proves the need stops the run (the engine acts on it) but is not the cause
+    assert outcome.finding is not None and outcome.finding.stops_run
+    cause = a.cause()
+    assert a.verdict() == Verdict.FAILED and cause is not None
+    # the refusal whose URL names the missing file, not merely the earliest refusal
+    assert (cause.category, cause.line, cause.stops_run) == (Category.AUTH, 5, True)
+    assert "required" in cause.advice
+
+
+def test_a_missing_model_with_no_failed_download_only_degrades() -> None:
+    a = analyse_lines(["Provisioning complete!", "To see the GUI go to: http://127.0.0.1:18188",
+                       "  - Value not in list: ckpt_name: 'typo.safetensors' not in ['real.safetensors']"])
+    cause = a.cause()
+    assert a.verdict() == Verdict.DEGRADED and cause is not None and cause.category == Category.CONFIG
+
+
+def test_wordy_unknown_lines_are_counted_not_findings() -> None:
+    a = analyse_lines(["Provisioning complete!", "Job failed after 3 tries, using cache", "[E] boom",
+                       "To see the GUI go to: http://127.0.0.1:18188"])
+    outcome = a.feed_line("Exception in thread Thread-1:", 5)
+    assert outcome.finding is None and outcome.classification is not None and outcome.classification.unknown
+    assert a.verdict() == Verdict.READY and a.findings == [] and a.counts == {"unknown": 3}
+
+
+def test_one_runs_key_block_is_not_closed_by_another_runs_lines() -> None:
+    """Two rentals' analyses share the engine's Redactor: a line of B while A is inside a private-key
+    block must not end A's block (its remaining key lines would be shown)."""
+    redactor = Redactor({})
+    classifier = Classifier(load_rules())
+    a, b = RunAnalysis(classifier, redactor), RunAnalysis(classifier, redactor)
+    a.feed_line("-----BEGIN OPENSSH PRIVATE KEY-----", 1)
+    b.feed_line("Collecting torch==2.5.1", 1)
+    body = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"
+    outcome = a.feed_line(body, 2)
+    assert body not in outcome.text

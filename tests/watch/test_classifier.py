@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.watch.classifier import (
+    UNKNOWN_INFO_RULE_ID,
     UNKNOWN_RULE_ID,
     Classifier,
     Rule,
@@ -46,6 +47,15 @@ EXAMPLES: dict[str, str] = {
                          "`torch.nn.utils.weight_norm` is deprecated",
     "noise.manager_fetch": "FETCH ComfyRegistry Data: 15/96",
     "noise.ssh_boot": "kex_exchange_identification: read: Connection reset by peer",
+    "noise.supervisor_http_auth": "2026-02-05 10:00:41,121 CRIT Server 'unix_http_server' running without any HTTP "
+                                  "authentication checking",
+    "noise.jupyter_browser": "[W 2026-02-05 10:00:44.530 ServerApp] No web browser found: Error('could not locate "
+                             "runnable browser').",
+    "noise.cloudflared_origin_cert": "2026-02-05T10:00:45Z ERR Cannot determine default origin certificate path. No "
+                                     "file cert.pem in [~/.cloudflared ~/.cloudflare-warp]",
+    "noise.triton_missing": "A matching Triton is not available, some optimizations will not be enabled",
+    "noise.resolver_warning": "ERROR: pip's dependency resolver does not currently take into account all the "
+                              "packages that are installed.",
     "disk.no_space": "OSError: [Errno 28] No space left on device",
     "disk.curl_write": "curl: (23) Failure writing output to destination",
     "disk.not_enough_free": "E: You don't have enough free space in /var/cache/apt/archives/.",
@@ -63,8 +73,7 @@ EXAMPLES: dict[str, str] = {
     "missing.script_body_404": "/provisioning.sh: line 1: 404:: command not found",
     "missing.script_saved_tiny": "2026-02-05 10:01:03 [INFO] Script saved to /provisioning.sh (14 bytes)",
     "missing.curl_404": "curl: (22) The requested URL returned error: 404",
-    "missing.http_404": "[ERROR] Failed to download provisioning script: Failed to download script from "
-                        "https://x/provision.sh: HTTP Error 404: Not Found",
+    "missing.http_404": "2026-02-05 10:03:01 ERROR 404: Not Found.",
     "missing.onstart": "bash: /root/onstart.sh: No such file or directory",
     "missing.update_lock": "Refusing to provision container with /workspace.update_lock present",
     "auth.token_invalid": "[WARNING] HuggingFace token validation failed: HTTP Error 401: Unauthorized",
@@ -80,15 +89,18 @@ EXAMPLES: dict[str, str] = {
     "config.image_pull": "Error response from daemon: manifest for vastai/comfyui:nope not found: manifest unknown",
     "config.ssh_key": "root@142.170.89.112: Permission denied (publickey).",
     "config.manifest": "[ERROR] Failed to load manifest: while parsing a block mapping",
+    "config.port_in_use": "OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 8188): "
+                          "address already in use",
+    "prompt.missing_model": "  - Value not in list: ckpt_name: 'sd_xl_base_1.0.safetensors' not in []",
+    "prompt.bad_model_file": "safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooLarge",
     "depfatal.torch_replaced": "    Successfully uninstalled torch-2.8.0+cu128",
+    "depfatal.torch_cpu_wheel": "Successfully installed sympy-1.13.1 torch-2.5.1+cpu",
     "depfatal.supervisor_fatal": "INFO gave up: comfyui entered FATAL state, too many start retries too quickly",
     "depfatal.comfyui_exited": "2026-02-05 10:05:12,001 INFO exited: comfyui (exit status 1; not expected)",
     "depfatal.comfy_module": "ModuleNotFoundError: No module named 'comfyui_frontend_package'",
     "depfatal.numpy_abi": "A module that was compiled using NumPy 1.x cannot be run in NumPy 2.1.3 as it may crash.",
     "depfatal.torchvision_abi": "RuntimeError: operator torchvision::nms does not exist",
     "depfatal.apt": "E: Unable to locate package libfoo-dev",
-    "dep.resolver_warning": "ERROR: pip's dependency resolver does not currently take into account all the packages "
-                            "that are installed.",
     "dep.no_version": "ERROR: No matching distribution found for onnxruntime-gpu==1.15.1",
     "dep.resolution": "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-"
                       "resolution/",
@@ -97,6 +109,7 @@ EXAMPLES: dict[str, str] = {
     "dep.import_failed": "   0.1 seconds (IMPORT FAILED): /workspace/ComfyUI/custom_nodes/ComfyUI-ReActor",
     "dep.node_repo_missing": "fatal: repository 'https://github.com/someone/ComfyUI-Gone/' not found",
     "dep.module_missing": "ModuleNotFoundError: No module named 'insightface'",
+    "dep.shared_lib": "ImportError: libGL.so.1: cannot open shared object file: No such file or directory",
     "dep.pip_oserror": "ERROR: Could not install packages due to an OSError: [('/tmp/x', 'Permission denied')]",
     "net.curl": "curl: (28) Operation timed out after 30001 milliseconds with 0 bytes received",
     "net.resolve": "fatal: unable to access 'https://github.com/org/repo/': Could not resolve host: github.com",
@@ -109,6 +122,7 @@ EXAMPLES: dict[str, str] = {
     "net.hf_xet": "RuntimeError: Data processing error: CAS service error : Reqwest Error",
     "net.tunnel": "ERR Error unmarshaling QuickTunnel response: error code: 1015",
     "net.download_retry": "[WARNING] Download error on attempt 2: <urlopen error timed out>",
+    "prompt.exception": "!!! Exception during processing !!! 'NoneType' object has no attribute 'shape'",
     "consequence.script_failed": "2026-02-05 10:01:20 [ERROR] Provisioning script failed (exit 1)",
     "consequence.attempt_failed": "[WARNING] Attempt 1/3 failed, retrying in 30s...",
     "consequence.attempts_exhausted": "[ERROR] All 3 attempts exhausted",
@@ -165,7 +179,10 @@ def test_all_packaged_rules_are_gated() -> None:
     # OOM is a workload problem, not a reason to destroy
     ("torch.cuda.OutOfMemoryError: CUDA out of memory.", Category.GPU, Severity.WARN, False),
     ("CUDA driver version is insufficient for CUDA runtime version", Category.GPU, Severity.FATAL, True),
-    ("wget: ERROR 404: Not Found.", Category.SCRIPT_MISSING, Severity.FATAL, True),
+    # a 404 on a download is an error; only the provisioning script's own 404 stops the run
+    ("wget: ERROR 404: Not Found.", Category.CONFIG, Severity.ERROR, False),
+    ("[ERROR] Failed to download provisioning script: Failed to download script from https://x/provision.sh: "
+     "HTTP Error 404: Not Found", Category.SCRIPT_MISSING, Severity.FATAL, True),
     ("curl: (22) The requested URL returned error: 403", Category.AUTH, Severity.ERROR, False),
     ("huggingface_hub.errors.HfHubHTTPError: 429 Client Error: Too Many Requests for url", Category.NETWORK,
      Severity.WARN, False),
@@ -193,26 +210,73 @@ def test_consequence_lines_are_marked() -> None:
 
 
 @pytest.mark.parametrize("line", [
-    "Traceback (most recent call last):",
     "ValueError: invalid literal",
     "RuntimeError: something odd happened",
+    "huggingface_hub.errors.LocalEntryNotFoundError: cannot find the requested files",
+    "2025-02-22T22:23:17.371895 - KeyError: 'model'",
     "2026-02-05 10:00:00 [ERROR] step went sideways",
-    "ERROR something",
+    "02/05 10:22:11 [ERROR] CUID#7 - Download aborted.",
     "FATAL: cannot continue",
     "fatal: not a git repository",
+    "error: pathspec 'v2' did not match any file(s) known to git",
     "Error: something",
-    "Exception in thread Thread-1:",
-    "Job failed after 3 tries",
     "E: Sub-process /usr/bin/dpkg returned an error code (1)",
-    "[E] boom",
     "Segmentation fault (core dumped)",
+    "/provisioning.sh: line 45:  1234 Killed                  pip install -r requirements.txt",
+    "/provisioning.sh: line 33: hf: command not found",
+    "subprocess.CalledProcessError: Command '['git', 'pull']' returned non-zero exit status 128.",
+    "INFO exited: jupyter (exit status 2; not expected)",
+    "HTTP request sent, awaiting response... 410 Gone",
+    "< HTTP/2 410",
 ])
-def test_unknown_error_lines_are_surfaced(line: str) -> None:
+def test_failure_shaped_unknown_lines_are_warnings(line: str) -> None:
     got = CLASSIFIER.classify_line(line)
     assert got is not None
-    assert got.rule_id == UNKNOWN_RULE_ID
+    assert got.rule_id == UNKNOWN_RULE_ID and got.unknown
     assert (got.category, got.severity, got.stops_run) == (Category.UNKNOWN, Severity.WARN, False)
     assert got.to_finding(line, 7).text == line and got.to_finding(line, 7).line == 7
+
+
+@pytest.mark.parametrize("line", [
+    "Traceback (most recent call last):",
+    "ERROR something",
+    "Exception in thread Thread-1:",
+    "Job failed after 3 tries",
+    "[E] boom",
+])
+def test_wordy_unknown_lines_are_info(line: str) -> None:
+    got = CLASSIFIER.classify_line(line)
+    assert got is not None and got.unknown and got.rule_id == UNKNOWN_INFO_RULE_ID
+    assert (got.category, got.severity, got.stops_run) == (Category.UNKNOWN, Severity.INFO, False)
+
+
+@pytest.mark.parametrize("line", [
+    '{"level":"error","ts":1738749601.2,"logger":"http.log.error","msg":"dial tcp 127.0.0.1:18188: connect: '
+    'connection refused","status":502}',
+    "[W 2026-02-05 10:05:01.123 ServerApp] 404 GET /api/kernels/abc (127.0.0.1) 1.20ms",
+    "(ERR):error occurred.",
+    "Error. No naistyles.csv found. Put your naistyles.csv in the custom_nodes/ComfyUI_NAI-mod/CSV directory.",
+    "[C 2026-02-05 10:00:44.531 ServerApp] ",
+    "warning: redirecting to https://github.com/ltdrdata/ComfyUI-Manager.git/",
+    "2026-02-05 10:00:43,100 INFO exited: sshd (exit status 0; expected)",
+])
+def test_harmless_lines_with_scary_words_are_never_warnings(line: str) -> None:
+    got = CLASSIFIER.classify_line(line)
+    assert got is None or got.severity == Severity.INFO
+
+
+@pytest.mark.parametrize("line", [
+    "+ trap 'echo \"[ERROR] Provisioning failed at line $LINENO\" >&2' ERR",
+    "++ echo 'ERROR: No space left on device is checked below'",
+    "+ curl -L -o /workspace/x.safetensors https://example.com/x || echo 'Failed to download script'",
+])
+def test_set_x_trace_lines_are_commands_not_results(line: str) -> None:
+    assert CLASSIFIER.classify_line(line) is None
+
+
+def test_uv_package_lines_are_not_trace_lines() -> None:
+    got = CLASSIFIER.classify_line(" - torch==2.5.1+cu124")
+    assert got is not None and got.category == Category.DEPENDENCY_FATAL
 
 
 @pytest.mark.parametrize("line", [

@@ -319,3 +319,21 @@ async def test_a_destroy_vast_keeps_refusing_is_retried_and_people_are_told_once
     assert len(kinds(events, EV_RECEIPT)) == 1
     assert iid not in rig.sim.instances
     assert len([f for f in kinds(events, EV_FINDING) if f["rule"] == "engine.destroy_unconfirmed"]) == 1
+
+
+async def test_the_comfyui_link_comes_from_vast_never_from_a_log_line(rig: Rig) -> None:
+    await rig.open_engine()
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    # Vast publishes ComfyUI's port on the instance's public address.
+    rig.sim.update_instance(iid, ports={**(rig.sim.instances[iid].get("ports") or {}),
+                                        "8188/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41888"}]})
+    rig.append(iid, ev("run.start", seq=1) + ev("run.done", seq=2, rc=0))
+    rig.append(iid, "To see the GUI go to: https://vast-ai-login.example.net:8188\n")
+    rig.comfy.up = True
+    await rig.poll(3)
+    events = await rig.events(rental.id)
+    assert "comfyui_ready" in milestone_names(events)
+    current = await rig.store.get_rental(rental.id)  # type: ignore[union-attr]
+    assert current is not None and current.comfyui_url == "http://127.0.0.1:41888"
+    assert not any("example.net" in str(e.payload) for e in events)

@@ -138,8 +138,10 @@ def test_manifest_fetch_counts() -> None:
     ("Looking for provisioning.sh...", Milestone.PROVISIONING_STARTED, {}),
     ("[INFO] Script saved to /provisioning.sh (21934 bytes)", Milestone.SCRIPT_FETCHED,
      {"path": "/provisioning.sh", "bytes": 21934}),
-    ("Successfully created /opt/ai-dock/bin/provisioning.sh from https://x.com/p.sh", Milestone.SCRIPT_FETCHED,
-     {"path": "/opt/ai-dock/bin/provisioning.sh", "url": "https://x.com/p.sh"}),
+    ("2026-02-05 10:03:38 (183 MB/s) - ‘/workspace/ComfyUI/models/vae/ae.safetensors’ saved [335304388/335304388]",
+     None, {}),
+    ("torch version: 2.5.1+cu124", Milestone.TORCH_READY, {"version": "2.5.1+cu124"}),
+    ("2.5.1+cu124 True", Milestone.TORCH_READY, {"version": "2.5.1+cu124"}),
     ("[INFO] Pip packages installed successfully", Milestone.PACKAGES_INSTALLED, {}),
     ("APT packages installed successfully", Milestone.PACKAGES_INSTALLED, {}),
     ("Successfully installed accelerate-1.2.1 piexif-1.1.3", Milestone.PACKAGES_INSTALLED, {}),
@@ -163,9 +165,70 @@ def test_manifest_fetch_counts() -> None:
     ("[http://localhost:1111] 2026-02-05T10:00:50Z INF |  https://quiet-lake-red-owl.trycloudflare.com  |",
      Milestone.PORTAL_READY, {"url": "https://quiet-lake-red-owl.trycloudflare.com", "target": "http://localhost:1111"}),
 ])
-def test_native_milestones(line: str, milestone: Milestone, detail: dict[str, Any]) -> None:
+def test_native_milestones(line: str, milestone: Milestone | None, detail: dict[str, Any]) -> None:
     hits = MilestoneParser().feed(line, 5)
-    assert [(h.name, h.line, h.detail) for h in hits] == [(milestone, 5, detail)]
+    assert [(h.name, h.line, h.detail) for h in hits] == ([(milestone, 5, detail)] if milestone else [])
+
+
+def test_cpu_torch_is_not_torch_ready() -> None:
+    parser = MilestoneParser()
+    assert parser.feed("torch version: 2.5.1+cpu", 1) == [] and parser.feed("2.5.1+cpu False", 2) == []
+
+
+CREATED = "Successfully created /opt/ai-dock/bin/provisioning.sh from https://x.com/p.sh?token=abc"
+
+
+def test_ai_dock_created_script_counts_once_it_runs() -> None:
+    parser = MilestoneParser()
+    assert parser.feed(CREATED, 3) == []
+    assert parser.feed("dos2unix: converting file /opt/ai-dock/bin/provisioning.sh to Unix format...", 4) == []
+    assert [h.name for h in parser.feed("Looking for provisioning.sh...", 5)] == [Milestone.PROVISIONING_STARTED]
+    hits = [h for h in parser.feed("Downloading node: https://github.com/ltdrdata/ComfyUI-Manager...", 6)
+            if h.name == Milestone.SCRIPT_FETCHED]
+    assert [(h.line, h.detail) for h in hits] == [
+        (3, {"path": "/opt/ai-dock/bin/provisioning.sh", "url": "https://x.com/p.sh"})]
+
+
+def test_ai_dock_created_404_body_is_not_script_fetched() -> None:
+    parser = MilestoneParser()
+    lines = [CREATED, "Looking for provisioning.sh...",
+             "/opt/ai-dock/bin/provisioning.sh: line 1: 404:: command not found",
+             "#          Provisioning container            #",  # even a banner later (a default script) is not it
+             "2026-02-05 10:04:00,100 INFO success: comfyui entered RUNNING state"]
+    for i, line in enumerate(lines, 1):
+        parser.feed(line, i)
+    assert not parser.reached(Milestone.SCRIPT_FETCHED)
+
+
+def test_script_banner_proves_the_script_was_fetched() -> None:
+    parser = MilestoneParser()
+    parser.feed("* Provisioning instance with remote script from https://x.com/p.sh", 1)
+    hits = parser.feed("#          Provisioning container            #", 2)
+    assert [h.name for h in hits] == [Milestone.SCRIPT_FETCHED]
+
+
+@pytest.mark.parametrize("line", [
+    "sd_xl_base_1.0.safetensors  100%[===================>]   6.46G   212MB/s    in 31s",
+    "02/05 10:03:12 [NOTICE] Download complete: /workspace/ComfyUI/models/checkpoints/x.safetensors",
+    "3f2a1b|OK  |   187MiB/s|/workspace/ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors",
+    "flux1-dev.safetensors: 100%|██████████| 23.8G/23.8G [01:51<00:00, 214MB/s]",
+    "100 6616M  100 6616M    0     0   212M      0  0:00:31  0:00:31 --:--:--  220M",
+    "2026-02-05 10:03:38 (183 MB/s) - ‘/workspace/ComfyUI/models/vae/ae.safetensors’ saved [335304388/335304388]",
+])
+def test_native_model_done_shapes(line: str) -> None:
+    parser = MilestoneParser()
+    parser.feed(line, 1)
+    hits = parser.feed("Provisioning complete:  Application will start now", 2)
+    assert [h.name for h in hits] == [Milestone.MODELS_DOWNLOADED, Milestone.PROVISIONING_COMPLETE]
+
+
+def test_relative_clone_inside_custom_nodes_is_node_activity() -> None:
+    parser = MilestoneParser()
+    for i, line in enumerate(["+ cd /workspace/ComfyUI/custom_nodes", "+ git clone https://github.com/x/y",
+                              "Cloning into 'y'...", "+ cd /workspace"], 1):
+        parser.feed(line, i)
+    hits = parser.feed("Provisioning complete!", 5)
+    assert [h.name for h in hits] == [Milestone.NODES_INSTALLED, Milestone.PROVISIONING_COMPLETE]
 
 
 @pytest.mark.parametrize("line", [
