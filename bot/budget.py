@@ -11,7 +11,7 @@ get a teardown proposal). No Discord here: ``cogs/budget.py`` posts and answers.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from bot.watch.cost import rental_cost
 from bot.watch.events import EV_PROPOSAL
 
 # Stores an event for delivery (the engine's outbox: ``WatchEngine.emit``).
-Emit = Callable[[Rental, Any, Mapping[str, Any]], Awaitable[Any]]
+Emit = Callable[[Rental, Any, dict[str, Any]], Awaitable[Any]]
 
 Period = Literal["day", "week"]
 Level = Literal["ok", "soft", "hard"]

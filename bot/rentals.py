@@ -443,7 +443,7 @@ class RentalService:
             quoted = float(approval.payload.get("quoted_dph") or rental.quoted_dph or 0.0)
             why = ("the offer is gone" if offer is None else limits.rejects(offer)
                    or (f"its price rose to ${offer.dph_total:.3f}/h from ${quoted:.3f}/h"
-                       if offer.dph_total > quoted + 1e-9 else None))
+                       if offer.dph_total is not None and offer.dph_total > quoted + 1e-9 else None))
             if why is not None or offer is None:
                 reason = f"approved, but the bot restarted before renting and {why}; nothing was rented"
                 if await self.store.transition_rental(rental.id, to=RentalState.CREATE_FAILED,

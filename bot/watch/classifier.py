@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -509,7 +510,7 @@ class Classifier:
             return UNKNOWN_ERROR if failure_shaped(text, low) else None
         return None
 
-    def _first_rule(self, text: str, low: str, words: set[str] | None = None) -> int | None:
+    def _first_rule(self, text: str, low: str, words: AbstractSet[str] | None = None) -> int | None:
         """Index of the first matching rule. Only rules whose required literal occurs are tried.
 
         ``words`` may pass the line's words that are in ``_token_gate`` when the caller has them.

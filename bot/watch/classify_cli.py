@@ -71,9 +71,9 @@ def analyse_stream(stream: BinaryIO, analysis: RunAnalysis, *, refuse_binary: bo
         first = False
         for lineno, line in assembler.feed_numbered(chunk):
             analysis.feed_line(line, lineno)
-    first = assembler.line_count + 1
+    flushed_from = assembler.line_count + 1
     for offset, line in enumerate(assembler.flush()):
-        analysis.feed_line(line, first + offset)
+        analysis.feed_line(line, flushed_from + offset)
     return assembler.line_count
 
 
