@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bot.db.models import Approval, ApprovalStatus, RentalState
 from bot.watch.engine import EV_STATE
-from tests.discord.conftest import APPROVER, World, request_approval
+from tests.discord.helpers import APPROVER, World, request_approval
 
 
 async def _approved_then_killed(world: World, approval: Approval) -> int:

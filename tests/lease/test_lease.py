@@ -12,9 +12,9 @@ from bot.audit import build_report
 from bot.db.models import Event, Rental, RentalState
 from bot.sim.hosts import FakeComfyUI
 from bot.watch.events import EV_LEASE_EXTENDED, EV_LEASE_NOTICE, EV_RECEIPT
-from tests.fakediscord import FakeDiscord, FakeInteraction, StoredMessage
-from tests.fakediscord.ids import APPROVER_ROLE_ID, NOTIFY_CHANNEL_ID
-from tests.guardrails.conftest import APPROVER, OTHER, POLL, REQUESTER, BotWorld, open_bot_world
+from tests.guardrails.helpers import APPROVER, OTHER, POLL, REQUESTER, BotWorld, open_bot_world
+from tests.support.fakediscord import FakeDiscord, FakeInteraction, StoredMessage
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, NOTIFY_CHANNEL_ID
 
 READY = (RentalState.READY, RentalState.DEGRADED)
 # A short lease so a test runs it out in a few hundred polls; the idle check off unless a test wants it.

@@ -22,7 +22,7 @@ from bot.watch.lease import (
     recheck,
 )
 from bot.watch.ssh import ComfyActivity
-from tests.ssh.conftest import SessionFactory, SimFactory
+from tests.ssh.helpers import SessionFactory, SimFactory
 
 POLICY = LeasePolicy(duration=3600, max_total=7200, warn_before=600, idle_timeout=1800, price_tolerance=0.05)
 

@@ -10,9 +10,9 @@ from typing import Any
 from bot.budget import period_bounds, period_share
 from bot.db.models import ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.watch.events import EV_RECEIPT, EV_RECHECK_BREACH
-from tests.fakediscord import FakeDiscord, StoredMessage
-from tests.fakediscord.ids import APPROVER_ROLE_ID, NOTIFY_CHANNEL_ID
-from tests.guardrails.conftest import POLL, REQUESTER, BotWorld, open_bot_world
+from tests.guardrails.helpers import POLL, REQUESTER, BotWorld, open_bot_world
+from tests.support.fakediscord import FakeDiscord, StoredMessage
+from tests.support.fakediscord.ids import APPROVER_ROLE_ID, NOTIFY_CHANNEL_ID
 
 READY = (RentalState.READY, RentalState.DEGRADED)
 

@@ -3,10 +3,8 @@ loopback driven by a FakeClock, and a fake ComfyUI (aiohttp) to reach through di
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
@@ -15,14 +13,8 @@ from aiohttp import web
 
 from bot.clock import FakeClock
 from bot.sim.sshd import SimSshServer, make_client_key
-from bot.watch.ssh import SshEndpoint, SshLogSession
-
-SYSTEM_STATS = {
-    "system": {"os": "posix", "comfyui_version": "0.3.40", "python_version": "3.12.3",
-               "pytorch_version": "2.8.0+cu128"},
-    "devices": [{"name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", "type": "cuda", "index": 0,
-                 "vram_total": 25393692672, "vram_free": 24777457664}],
-}
+from bot.watch.ssh import SshLogSession
+from tests.ssh.helpers import FakeComfy, RawFactory, SessionFactory, SimFactory, endpoint
 
 
 @pytest.fixture
@@ -44,9 +36,6 @@ def root(tmp_path: Path) -> Path:
     (r / "workspace").mkdir(parents=True)
     (r / "var" / "log" / "portal").mkdir(parents=True)
     return r
-
-
-SimFactory = Callable[..., Awaitable[SimSshServer]]
 
 
 @pytest.fixture
@@ -74,13 +63,6 @@ async def sim(make_sim: SimFactory) -> SimSshServer:
     return srv
 
 
-def endpoint(srv: SimSshServer) -> SshEndpoint:
-    return SshEndpoint("127.0.0.1", srv.port, "direct")
-
-
-SessionFactory = Callable[..., Awaitable[SshLogSession]]
-
-
 @pytest.fixture
 async def connect(key_path: Path) -> AsyncIterator[SessionFactory]:
     """``await connect(srv, known_host_key=None, key_path=...)``: a real client session, closed after."""
@@ -104,42 +86,6 @@ async def session(sim: SimSshServer, connect: SessionFactory) -> SshLogSession:
     return await connect(sim)
 
 
-@dataclass
-class FakeComfy:
-    """A fake ComfyUI whose /system_stats answer the test chooses through ``mode``."""
-
-    port: int = 0
-    mode: str = "ok"
-    hits: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def system_stats(self, request: web.Request) -> web.StreamResponse:
-        self.hits += 1
-        if self.mode == "ok":
-            return web.json_response(SYSTEM_STATS)
-        if self.mode == "placeholder":
-            # Caddy's spinner page as seen through a Cloudflare tunnel: 200, HTML, the header.
-            return web.Response(text="<html>loading</html>", content_type="text/html",
-                                headers={"X-Portal-Placeholder": "true"})
-        if self.mode == "502":
-            return web.Response(status=502, text="Bad Gateway")
-        if self.mode == "html":
-            return web.Response(text="<html>ComfyUI</html>", content_type="text/html")
-        if self.mode == "hang":
-            await self.release.wait()  # a wedged app: accepts, never answers
-            return web.Response(status=504)
-        if self.mode == "chunked":
-            resp = web.StreamResponse()
-            resp.content_type = "application/json"
-            resp.enable_chunked_encoding()
-            await resp.prepare(request)
-            await resp.write(b'{"system": {}, ')
-            await resp.write(b'"devices": [{"name": "cpu"}]}')
-            await resp.write_eof()
-            return resp
-        raise AssertionError(self.mode)
-
-
 @pytest.fixture
 async def comfy() -> AsyncIterator[FakeComfy]:
     fake = FakeComfy()
@@ -161,9 +107,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-RawFactory = Callable[..., Awaitable[asyncssh.SSHClientConnection]]
 
 
 @pytest.fixture

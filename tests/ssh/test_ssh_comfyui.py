@@ -6,8 +6,7 @@ import pytest
 
 from bot.sim.sshd import SimSshServer
 from bot.watch.ssh import HttpProbeFailed, SshLogSession, SshTransient
-
-from .conftest import FakeComfy, SessionFactory, SimFactory
+from tests.ssh.helpers import FakeComfy, SessionFactory, SimFactory
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from bot.watch.ssh import (
     classify_ssh_error,
     fingerprint,
 )
-
-from .conftest import SessionFactory, SimFactory
+from tests.ssh.helpers import SessionFactory, SimFactory
 
 
 async def test_refused_until_boot_delay_passes_on_the_clock(make_sim: SimFactory, connect: SessionFactory,

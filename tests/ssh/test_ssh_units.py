@@ -30,8 +30,7 @@ from bot.watch.ssh import (
     endpoint_for,
     parse_http_response,
 )
-
-from .conftest import RawFactory, SimFactory
+from tests.ssh.helpers import RawFactory, SimFactory
 
 RUNNING = {
     "public_ipaddr": " 142.170.89.112\n",
