@@ -218,6 +218,11 @@ class Teardown:
     # ------------------------------------------------------------------ finish
     async def finish(self, watch: RentalWatch, *, reason: str, by: str) -> bool:
         """Close the rental: billing stops where Vast accepted the destroy; receipt; host outcome."""
+        if watch.rental.state == RentalState.DESTROYED:
+            # Finished already: a /destroy and a poll's confirmation raced for the same watch.
+            # One receipt, one host outcome, one call of the hooks.
+            self.watches.pop(watch.rental.id, None)
+            return True
         now = self.clock.now()
         end = min(now, watch.memory.destroy_sent_at or now)
         rental = watch.rental
