@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot.db.models import RentalState
+from bot.watch.engine import EV_DECISION, EV_FINDING, EV_INFO, EV_PROPOSAL, EV_RECEIPT
 from tests.watch.helpers import (
     POLL,
     SECRET,
@@ -70,7 +71,7 @@ def locked(db_path: Path) -> Iterator[None]:
 
 
 def orphan_posts(events: list) -> list[dict]:
-    return [f for f in kinds(events, "finding") if ORPHAN_TEXT in str(f.get("text"))]
+    return [f for f in kinds(events, EV_FINDING) if ORPHAN_TEXT in str(f.get("text"))]
 
 
 def db_alerts(rig: Rig) -> list[str]:
@@ -103,7 +104,7 @@ async def test_a_failed_write_at_a_deadline_decision_does_not_disarm_the_rental(
     assert rig.destroys(iid) >= 1 and not rig.live(iid)
     assert await rig.state(rental.id) == RentalState.DESTROYED
     events = await rig.events(rental.id)
-    assert len(kinds(events, "receipt")) == 1 and len(kinds(events, "decision")) == 1
+    assert len(kinds(events, EV_RECEIPT)) == 1 and len(kinds(events, EV_DECISION)) == 1
     assert len(db_alerts(rig)) == 1  # the write at the decision did fail
 
 
@@ -129,7 +130,7 @@ async def test_while_the_database_is_locked_the_dollar_cap_still_stops_spending(
     await rig.poll(240)  # one more hour
     assert rig.sim.cost_of(iid) <= cap + dph * 2 * POLL / 3600
     assert await rig.state(rental.id) == RentalState.DESTROYED
-    assert len(kinds(await rig.events(rental.id), "receipt")) == 1
+    assert len(kinds(await rig.events(rental.id), EV_RECEIPT)) == 1
 
 
 async def test_a_fatal_finding_while_the_database_is_locked_still_destroys(rig: Rig) -> None:
@@ -145,7 +146,7 @@ async def test_a_fatal_finding_while_the_database_is_locked_still_destroys(rig: 
     await rig.poll(3)
     assert await rig.state(rental.id) == RentalState.DESTROYED
     events = await rig.events(rental.id)
-    assert len(kinds(events, "receipt")) == 1 and len(kinds(events, "decision")) == 1
+    assert len(kinds(events, EV_RECEIPT)) == 1 and len(kinds(events, EV_DECISION)) == 1
     assert len(db_alerts(rig)) == 1
 
 
@@ -193,7 +194,7 @@ async def test_a_null_list_and_a_bare_404_do_not_make_a_healthy_instance_gone(ri
     rig.proxy.add("GET", "/api/v0/instances/*", bare_404, times=3)
     await rig.poll(4)
     events = await rig.events(rental.id)
-    assert kinds(events, "receipt") == [] and orphan_posts(events) == []
+    assert kinds(events, EV_RECEIPT) == [] and orphan_posts(events) == []
     assert rig.destroys(iid) == 0 and rig.live(iid)
     assert await rig.state(rental.id) not in (RentalState.DESTROYED, RentalState.TEARING_DOWN)
     assert rental.id in rig.engine.watches  # type: ignore[union-attr]
@@ -208,11 +209,11 @@ async def test_a_bare_404_on_destroy_is_not_confirmed_gone(rig: Rig) -> None:
     await rig.engine.destroy(rental.id, reason="user asked", by="ada")  # type: ignore[union-attr]
     if await rig.state(rental.id) == RentalState.DESTROYED:
         assert not rig.live(iid), "the rental was closed while its instance still bills"
-    assert kinds(await rig.events(rental.id), "receipt") == [] or not rig.live(iid)
+    assert kinds(await rig.events(rental.id), EV_RECEIPT) == [] or not rig.live(iid)
     await rig.poll(4)  # the watch resends the destroy; the list confirms it
     assert not rig.live(iid)
     assert await rig.state(rental.id) == RentalState.DESTROYED
-    assert len(kinds(await rig.events(rental.id), "receipt")) == 1
+    assert len(kinds(await rig.events(rental.id), EV_RECEIPT)) == 1
 
 
 # ---------------------------------------------------------------------- 6: clock skew
@@ -222,11 +223,11 @@ async def test_a_host_clock_ahead_of_vast_does_not_kill_a_young_instance(rig: Ri
     rig.sim.update_instance(iid, start_date=rig.clock.now() - 45 * 60)  # Vast's clock 45 min behind
     await rig.poll(3)  # 45 s old
     events = await rig.events(rental.id)
-    assert kinds(events, "decision") == [] and rig.destroys(iid) == 0 and rig.live(iid)
+    assert kinds(events, EV_DECISION) == [] and rig.destroys(iid) == 0 and rig.live(iid)
     await rig.poll(8)
     events = await rig.events(rental.id)
-    assert kinds(events, "decision") == [] and rig.live(iid)
-    skews = [i for i in kinds(events, "info") if "clock" in i["text"].lower()]
+    assert kinds(events, EV_DECISION) == [] and rig.live(iid)
+    skews = [i for i in kinds(events, EV_INFO) if "clock" in i["text"].lower()]
     assert len(skews) == 1
 
 
@@ -311,7 +312,7 @@ async def test_no_orphan_post_after_a_teardown_the_bot_decides(rig: Rig) -> None
     rig.append(iid, ev("run.start", seq=1) + DISK_FULL)
     await rig.poll(12)
     events = await rig.events(rental.id)
-    assert len(kinds(events, "receipt")) == 1 and not rig.live(iid)
+    assert len(kinds(events, EV_RECEIPT)) == 1 and not rig.live(iid)
     assert orphan_posts(events) == []
 
 
@@ -327,5 +328,44 @@ async def test_no_orphan_post_when_a_destroy_command_races_a_poll(rig: Rig) -> N
     await rig.poll(12)
     for rental, iid in rentals:
         events = await rig.events(rental.id)
-        assert not rig.live(iid) and len(kinds(events, "receipt")) == 1
+        assert not rig.live(iid) and len(kinds(events, EV_RECEIPT)) == 1
         assert orphan_posts(events) == []
+
+
+async def test_a_dollar_cap_passed_while_vast_was_down_is_applied_as_soon_as_vast_answers(rig: Rig) -> None:
+    cap = 0.01
+    await rig.open_engine(rental_dollar_cap=cap, provision_deadline=10_000.0, comfyui_ready_deadline=10_000.0)
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.proxy.add("*", "/api/*", unavailable, times=10_000)
+    dph = rig.sim.instances[iid]["dph_total"]
+    while rig.sim.cost_of(iid) < cap + dph * 4 * POLL / 3600:  # well past the cap, Vast still down
+        await rig.poll()
+    assert rig.live(iid) and len(rig.notifier.alerts) == 1
+    rig.proxy.clear()
+    await rig.poll()
+    assert rig.destroys(iid) >= 1 and not rig.live(iid)
+    await rig.poll(2)
+    assert await rig.state(rental.id) == RentalState.DESTROYED
+    decisions = kinds(await rig.events(rental.id), EV_DECISION)
+    assert len(decisions) == 1 and "cap" in decisions[0]["evidence"]["text"]
+
+
+async def test_a_proposal_whose_write_failed_is_made_once_the_database_is_back(rig: Rig) -> None:
+    """Item 1 under the propose policy: nothing is destroyed, and the proposal is not lost."""
+    await rig.open_engine(provision_deadline=120.0, teardown_policy="propose")
+    rental, iid = await rig.rent()
+    await rig.poll(7)
+    lock = Lock(rig.db_path)
+    rig.proxy.before("GET", "/api/v1/instances/", lock.take, times=1)
+    try:
+        await rig.poll()
+    finally:
+        lock.free()
+    await rig.poll()
+    await rig.restart(provision_deadline=120.0, teardown_policy="propose")
+    await rig.poll(2)
+    assert rig.live(iid) and rig.destroys(iid) == 0
+    events = await rig.events(rental.id)
+    assert len(kinds(events, EV_PROPOSAL)) == 1 and len(kinds(events, EV_DECISION)) == 1
+    assert await rig.state(rental.id) == RentalState.FAILED
