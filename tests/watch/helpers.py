@@ -61,6 +61,11 @@ def revoked_key() -> web.Response:
     return web.json_response({"success": False, "error": "auth_error", "msg": "Invalid user key"}, status=401)
 
 
+def unknown_key() -> web.Response:
+    """Vast's quirk: a key it does not know is a 404 carrying ``auth_error``."""
+    return web.json_response({"success": False, "error": "auth_error", "msg": "Invalid user key"}, status=404)
+
+
 def unavailable() -> web.Response:
     return web.Response(status=503, text="Service Unavailable", content_type="text/plain")
 

@@ -30,6 +30,7 @@ from tests.watch.helpers import (
     null_instances,
     revoked_key,
     unavailable,
+    unknown_key,
 )
 
 ORPHAN_TEXT = "carries this rental's label"
@@ -153,6 +154,7 @@ async def test_a_fatal_finding_while_the_database_is_locked_still_destroys(rig: 
 # ---------------------------------------------------------------------- 3: the instance list fails
 @pytest.mark.parametrize(("answer", "says"), [
     (revoked_key, "api key"),
+    (unknown_key, "api key"),
     (unavailable, "unreachable"),
     (malformed, "malformed"),
 ])
@@ -168,7 +170,7 @@ async def test_a_failing_instance_list_is_alerted_once_and_a_missed_deadline_act
     assert len(rig.notifier.alerts) == 1
     alert = rig.notifier.alerts[0].lower()
     assert says in alert
-    if answer is not revoked_key:
+    if answer not in (revoked_key, unknown_key):
         assert "key" not in alert  # Vast down is not a key problem
     hits = rule.hits
     await rig.poll(20)  # 5 more minutes out: the provisioning deadline passes meanwhile
@@ -319,12 +321,14 @@ async def test_the_container_log_fallback_stores_nothing_unredacted(rig: Rig) ->
 
 
 # ---------------------------------------------------------------------- issue 11: false orphan posts
-async def test_no_orphan_post_after_a_teardown_the_bot_decides(rig: Rig) -> None:
-    await rig.open_engine(teardown_policy="destroy")
+@pytest.mark.parametrize("policy", ["destroy", "propose"])
+async def test_no_orphan_post_after_a_teardown_the_bot_decides(rig: Rig, policy: str) -> None:
+    """With ``propose``, nobody answers and the proposal's default action (destroy) runs on expiry."""
+    await rig.open_engine(teardown_policy=policy, proposal_timeout=60.0)
     rental, iid = await rig.rent()
     await rig.poll(4)
     rig.append(iid, ev("run.start", seq=1) + DISK_FULL)
-    await rig.poll(12)
+    await rig.poll(18)
     events = await rig.events(rental.id)
     assert len(kinds(events, EV_RECEIPT)) == 1 and not rig.live(iid)
     assert orphan_posts(events) == []
