@@ -202,9 +202,13 @@ class Teardown:
         return False
 
     async def _not_confirmed(self, watch: RentalWatch, instance_id: int | None, problem: str) -> None:
-        """Retry next poll; after a few failures tell people, once: the instance is still billing."""
+        """Retry next poll; tell people once that it is retrying and, after a few failures, once
+        more that the instance may still be billing. A long Vast outage is not a post per poll."""
         watch.memory.destroy_failures += 1
-        await self.rec.emit(watch.rental, EV_INFO, {"text": f"destroy not confirmed yet ({problem}); retrying"})
+        log.warning("rental %s: destroy of instance %s not confirmed (%d): %s", watch.rental.id, instance_id,
+                    watch.memory.destroy_failures, problem)
+        if watch.memory.destroy_failures == 1:
+            await self.rec.emit(watch.rental, EV_INFO, {"text": f"destroy not confirmed yet ({problem}); retrying"})
         if watch.memory.destroy_failures == DESTROY_ALERT_AFTER:
             await self.rec.emit(watch.rental, EV_FINDING, {
                 "line": None, "category": Category.UNKNOWN.value, "severity": Severity.ERROR.value,

@@ -413,3 +413,20 @@ async def test_a_host_that_never_uploads_its_container_log_does_not_stretch_the_
         longest = max(longest, rig.clock.now() - started)
     assert rig.log_reads() >= 1  # the fallback was tried
     assert longest <= POLL, f"one poll took {longest:.0f}s of clock time"
+
+
+async def test_a_teardown_held_up_by_a_vast_outage_is_said_once_not_at_every_poll(rig: Rig) -> None:
+    """Item 3: during a long outage the channel gets one note and one error, not a post per poll."""
+    await rig.open_engine(provision_deadline=120.0, comfyui_ready_deadline=10_000.0)
+    rental, iid = await rig.rent()
+    await rig.poll(4)
+    rig.proxy.add("*", "/api/*", unavailable, times=10_000)
+    await rig.poll(40)  # 10 minutes out; the deadline passed early on
+    events = await rig.events(rental.id)
+    assert len(kinds(events, EV_DECISION)) == 1
+    unconfirmed = [i for i in kinds(events, EV_INFO) if "not confirmed" in i["text"]]
+    assert len(unconfirmed) <= 1, len(unconfirmed)
+    assert len([f for f in kinds(events, EV_FINDING) if f["rule"] == "engine.destroy_unconfirmed"]) == 1
+    rig.proxy.clear()
+    await rig.poll(3)
+    assert not rig.live(iid) and await rig.state(rental.id) == RentalState.DESTROYED
