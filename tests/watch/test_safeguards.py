@@ -430,3 +430,18 @@ async def test_a_teardown_held_up_by_a_vast_outage_is_said_once_not_at_every_pol
     rig.proxy.clear()
     await rig.poll(3)
     assert not rig.live(iid) and await rig.state(rental.id) == RentalState.DESTROYED
+
+
+async def test_nothing_unredacted_is_stored_from_the_ssh_log_either(rig: Rig) -> None:
+    """Item 13's rule for the other source: the tailed log, its findings and the teardown's evidence."""
+    await rig.open_engine()
+    _, iid = await rig.rent()
+    await rig.poll(4)
+    rig.append(iid, ev("run.start", seq=1) + f"export HF_TOKEN={SECRET}\n"
+               f"Traceback: token {SECRET} rejected\nOSError: [Errno 28] No space left on device ({SECRET})\n")
+    await rig.poll(4)
+    assert not rig.live(iid)
+    await rig.close_engine()
+    with sqlite3.connect(rig.db_path) as db:
+        dump = "\n".join(db.iterdump())
+    assert "No space left" in dump and SECRET not in dump
