@@ -45,10 +45,11 @@ class Bot:
                                                 state=RentalState.CREATING, machine_id=offer.machine_id)
         iid = await self.vast.create_instance(offer.id, image="img", disk_gb=20, label=rental.label)
         await self.store.update_rental(rental.id, now=now, instance_id=iid, started_at=now)
-        moved = await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now)
-        assert moved is not None
-        await self.bot.engine.attach(moved)
-        return moved, iid
+        await self.store.transition_rental(rental.id, to=RentalState.PROVISIONING, now=now)
+        current = await self.store.get_rental(rental.id)
+        assert current is not None
+        await self.bot.engine.attach(current)
+        return current, iid
 
     async def poll(self, n: int = 1) -> None:
         for _ in range(n):
