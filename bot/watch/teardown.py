@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from bot.clock import Clock
-from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
+from bot.db.models import TERMINAL_STATES, Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.vast.client import VastClient
 from bot.vast.errors import VastError
@@ -83,6 +83,10 @@ class Teardown:
 
         ``before_act`` runs between the two (the verdict is said before the teardown starts).
         """
+        if watch.rental.state in TERMINAL_STATES:
+            # Closed meanwhile (a /destroy raced this poll): deciding now would reopen it as failed.
+            watch.pending_decision = None
+            return
         if watch.memory.decided or key in watch.memory.declined:
             return
         now = self.clock.now()

@@ -445,3 +445,32 @@ async def test_nothing_unredacted_is_stored_from_the_ssh_log_either(rig: Rig) ->
     with sqlite3.connect(rig.db_path) as db:
         dump = "\n".join(db.iterdump())
     assert "No space left" in dump and SECRET not in dump
+
+
+async def test_a_destroy_command_racing_the_retry_of_an_unrecorded_decision_closes_the_rental_once(
+        rig: Rig) -> None:
+    """The decision's write failed (and so did its destroy); a /destroy then races the next poll,
+    which retries the decision: the rental is destroyed once and stays destroyed."""
+    await rig.open_engine(provision_deadline=120.0)
+    rental, iid = await rig.rent()
+    await rig.poll(7)
+    lock = Lock(rig.db_path)
+    rig.proxy.before("GET", "/api/v1/instances/", lock.take, times=1)
+    rig.proxy.add("DELETE", "/api/v0/instances/*", unavailable, times=1)
+    try:
+        await rig.poll()
+    finally:
+        lock.free()
+    assert rig.live(iid)
+    engine = rig.engine
+    assert engine is not None
+    await rig.clock.advance(POLL)
+    await asyncio.gather(engine.tick(), engine.destroy(rental.id, reason="done", by="ada"))
+    await engine.pump()
+    await rig.poll(4)
+    assert not rig.live(iid)
+    assert await rig.state(rental.id) == RentalState.DESTROYED
+    events = await rig.events(rental.id)
+    assert len(kinds(events, EV_RECEIPT)) == 1
+    states = [e.payload["to"] for e in events if e.kind == "state"]
+    assert states.count("destroyed") == 1 and states[-1] == "destroyed", states
