@@ -284,6 +284,7 @@ class Teardown:
         except STORE_ERRORS as exc:
             self.rec.alarms.store_failed(exc)
             return
+        self.rec.alarms.store_ok()  # a write every poll: the database's recovery is seen with no rental left
         for approval in due:
             # They are marked expired already: one failing must not cost the others their default action.
             try:

@@ -124,7 +124,7 @@ async def test_while_the_database_is_locked_the_dollar_cap_still_stops_spending(
     with locked(rig.db_path):
         await rig.poll(8)  # 2 minutes locked, across the cap
         assert rig.destroys(iid) >= 1 and not rig.live(iid)  # spending stopped without the database
-    await rig.poll(2)
+    await rig.poll(10)  # the recovery is said once writes have held for a while
     assert len(db_alerts(rig)) == 1
     assert len([a for a in rig.notifier.alerts if "writable again" in a.lower()]) == 1
     await rig.restart(rental_dollar_cap=cap, provision_deadline=10_000.0, comfyui_ready_deadline=10_000.0)
@@ -474,3 +474,17 @@ async def test_a_destroy_command_racing_the_retry_of_an_unrecorded_decision_clos
     assert len(kinds(events, EV_RECEIPT)) == 1
     states = [e.payload["to"] for e in events if e.kind == "state"]
     assert states.count("destroyed") == 1 and states[-1] == "destroyed", states
+
+
+async def test_a_database_that_fails_on_and_off_is_one_alert_and_one_recovery_note(rig: Rig) -> None:
+    """Item 2: a nearly full disk fails some polls and not others; the channel is told once."""
+    await rig.open_engine()
+    await rig.rent()
+    await rig.poll(4)
+    for _ in range(6):
+        with locked(rig.db_path):
+            await rig.poll()
+        await rig.poll()
+    await rig.poll(8)
+    assert len(db_alerts(rig)) == 1, rig.notifier.alerts
+    assert len([a for a in rig.notifier.alerts if "writable again" in a.lower()]) == 1, rig.notifier.alerts
