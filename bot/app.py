@@ -192,6 +192,9 @@ async def build_bot(settings: Settings, *, store: Store, vast: VastClient, clock
     redactor = Redactor(settings.secret_values())
     engine = WatchEngine(store=store, vast=vast, clock=clock, policy=WatchPolicy.from_settings(settings),
                          redactor=redactor, notifier=None, **(engine_options or {}))
+    from bot.watch.lease import LeasePolicy
+
+    engine.lease.policy = LeasePolicy.from_settings(settings)
     if preflight == "auto":
         preflight = _load_preflight() if settings.provision_script_url else None
     rentals = RentalService(store=store, vast=vast, clock=clock, settings=settings, engine=engine,

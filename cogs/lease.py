@@ -21,7 +21,7 @@ from bot.durations import format_duration
 from bot.render import Render, Reply, money, timestamp
 from bot.rentals import DecisionResult
 from bot.watch.events import EV_LEASE_EXTENDED, EV_LEASE_HELD, EV_LEASE_NOTICE, EV_RECHECK_BREACH
-from bot.watch.lease import EXTEND_STEP, LeasePolicy
+from bot.watch.lease import EXTEND_STEP
 from cogs.common import answer, is_approver, user_name, vbot
 
 if TYPE_CHECKING:
@@ -187,6 +187,5 @@ class Lease(commands.Cog):
 
 
 async def setup(bot: VastopsBot) -> None:
-    bot.engine.lease.policy = LeasePolicy.from_settings(bot.settings)
     bot.add_dynamic_items(LeaseButton)
     await bot.add_cog(Lease(bot))

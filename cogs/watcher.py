@@ -80,6 +80,13 @@ class ChannelNotifier:
         return self.bot.get_partial_messageable(self.channel_id, type=discord.ChannelType.text)
 
     # ------------------------------------------------------------------ Notifier
+    async def alert(self, text: str) -> None:
+        """An alert about the bot itself (database unwritable, Vast failing, and their recoveries).
+
+        Raising retries it later (the outbox keeps it in memory): the channel must hear it.
+        """
+        await self._send(Reply(content=self.render.content(text)))
+
     async def notify(self, rental: Rental, event: Event) -> None:
         try:
             await self._dispatch(rental, event)

@@ -44,6 +44,11 @@ class TerminalNotifier:
         if text:
             self._print(rental, event, text)
 
+    async def alert(self, text: str) -> None:
+        """An alert about the bot itself (the database, Vast): printed as it comes."""
+        print(f"[{self.label:<{self.width}} alert] !! {self.redactor.redact(text)}", file=self.out)
+        self.count += 1
+
 
 def compact(text: object) -> str:
     """One of our ``@@prov`` event lines as ``ev st: key=value, ...`` (other text unchanged)."""

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # What a failing database raises: locked, disk full, I/O error, closed.
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, StoreError)
+# Writes must succeed this long (clock time) before the database is said to be back: a nearly
+# full disk fails some writes and not others, and must not post an alert and a recovery per poll.
+STORE_RECOVERY_HOLD = 120.0
 
 
 class Alarms:
@@ -33,12 +36,14 @@ class Alarms:
         self.outbox = outbox
         self.vast_alert_after = vast_alert_after
         self.store_degraded: str | None = None
+        self.store_ok_since: float | None = None
         self.vast_failures = 0
         self.vast_alerted = False
         self.vast_cause: str | None = None
 
     def store_failed(self, exc: BaseException) -> None:
         log.error("database write failed: %r", exc)
+        self.store_ok_since = None
         if self.store_degraded is None:
             self.store_degraded = str(exc) or type(exc).__name__
             self.outbox.alert(
@@ -47,8 +52,13 @@ class Alarms:
                 "records are delayed. Free disk space or remove the lock on DATABASE_PATH.")
 
     def store_ok(self) -> None:
-        if self.store_degraded is not None:
-            self.store_degraded = None
+        if self.store_degraded is None:
+            return
+        now = self.outbox.clock.now()
+        if self.store_ok_since is None:
+            self.store_ok_since = now
+        if now - self.store_ok_since >= STORE_RECOVERY_HOLD:
+            self.store_degraded = self.store_ok_since = None
             self.outbox.alert("✅ Database writable again: records and posts are catching up.")
 
     def vast_failed(self, cause: str) -> None:

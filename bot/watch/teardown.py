@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from bot.clock import Clock
-from bot.db.models import Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
+from bot.db.models import TERMINAL_STATES, Approval, ApprovalKind, ApprovalStatus, Rental, RentalState
 from bot.db.store import Store
 from bot.vast.client import VastClient
 from bot.vast.errors import VastError
@@ -83,6 +83,10 @@ class Teardown:
 
         ``before_act`` runs between the two (the verdict is said before the teardown starts).
         """
+        if watch.rental.state in TERMINAL_STATES:
+            # Closed meanwhile (a /destroy raced this poll): deciding now would reopen it as failed.
+            watch.pending_decision = None
+            return
         if watch.memory.decided or key in watch.memory.declined:
             return
         now = self.clock.now()
@@ -203,9 +207,13 @@ class Teardown:
         return False
 
     async def _not_confirmed(self, watch: RentalWatch, instance_id: int | None, problem: str) -> None:
-        """Retry next poll; after a few failures tell people, once: the instance is still billing."""
+        """Retry next poll; tell people once that it is retrying and, after a few failures, once
+        more that the instance may still be billing. A long Vast outage is not a post per poll."""
         watch.memory.destroy_failures += 1
-        await self.rec.emit(watch.rental, EV_INFO, {"text": f"destroy not confirmed yet ({problem}); retrying"})
+        log.warning("rental %s: destroy of instance %s not confirmed (%d): %s", watch.rental.id, instance_id,
+                    watch.memory.destroy_failures, problem)
+        if watch.memory.destroy_failures == 1:
+            await self.rec.emit(watch.rental, EV_INFO, {"text": f"destroy not confirmed yet ({problem}); retrying"})
         if watch.memory.destroy_failures == DESTROY_ALERT_AFTER:
             await self.rec.emit(watch.rental, EV_FINDING, {
                 "line": None, "category": Category.UNKNOWN.value, "severity": Severity.ERROR.value,
@@ -219,6 +227,11 @@ class Teardown:
     # ------------------------------------------------------------------ finish
     async def finish(self, watch: RentalWatch, *, reason: str, by: str) -> bool:
         """Close the rental: billing stops where Vast accepted the destroy; receipt; host outcome."""
+        if watch.rental.state == RentalState.DESTROYED:
+            # Finished already: a /destroy and a poll's confirmation raced for the same watch.
+            # One receipt, one host outcome, one call of the hooks.
+            self.watches.pop(watch.rental.id, None)
+            return True
         now = self.clock.now()
         end = min(now, watch.memory.destroy_sent_at or now)
         rental = watch.rental
@@ -272,6 +285,7 @@ class Teardown:
         except STORE_ERRORS as exc:
             self.rec.alarms.store_failed(exc)
             return
+        self.rec.alarms.store_ok()  # a write every poll: the database's recovery is seen with no rental left
         for approval in due:
             # They are marked expired already: one failing must not cost the others their default action.
             try:

@@ -22,7 +22,8 @@ from bot.watch.engine import (
     EV_NOISE,
     EV_RECEIPT,
 )
-from tests.watch.helpers import POLL, Rig, ev, kinds, make_rig, milestone_names
+from tests.watch.engine_helpers import Rig, make_rig, milestone_names
+from tests.watch.helpers import POLL, ev, kinds
 
 
 @pytest.fixture

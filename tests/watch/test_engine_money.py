@@ -19,7 +19,8 @@ from bot.vast.models import OfferQuery
 from bot.watch.cost import rental_cost
 from bot.watch.engine import EV_DECISION, EV_FINDING, EV_PROPOSAL, EV_RECEIPT, EV_STATE, WatchEngine, WatchPolicy
 from bot.watch.redact import Redactor
-from tests.watch.helpers import POLL, Rig, ev, kinds, make_rig
+from tests.watch.engine_helpers import Rig, make_rig
+from tests.watch.helpers import POLL, ev, kinds
 
 
 @pytest.fixture
