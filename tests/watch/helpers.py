@@ -30,6 +30,7 @@ from bot.sim.sshd import SimSshServer, make_client_key
 from bot.vast.client import NO_SPACING, VastClient
 from bot.vast.models import OfferQuery
 from bot.watch.engine import WatchEngine, WatchPolicy
+from bot.watch.lease import LeasePolicy
 from bot.watch.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ class Rig:
         values.update(policy)
         self.engine = WatchEngine(store=self.store, vast=self.vast, clock=self.clock, policy=WatchPolicy(**values),
                                   redactor=Redactor({"HF_TOKEN": SECRET}), notifier=self.notifier)
+        # rent() takes offers from any country: the re-check after rent must not tear them down for it.
+        self.engine.lease.policy = LeasePolicy(excluded_countries=())
         await self.engine.reattach()
         return self.engine
 
