@@ -4,6 +4,7 @@ restart, the container-log fallback (bounded), and the ComfyUI and service-log p
 from __future__ import annotations
 
 import logging
+import re
 
 from bot.clock import Clock
 from bot.durations import format_duration
@@ -37,6 +38,8 @@ CHUNK = 1 << 20
 TAIL_CHUNKS = 8
 REPLAY_CHUNKS = 4
 FALLBACK_TAIL = 50
+SEEN_LINES = 300  # distinct container-log lines remembered to tell news from repeated chatter
+_DIGITS = re.compile(r"\d+")
 
 
 class LogCollector:
@@ -107,6 +110,11 @@ class LogCollector:
             watch.next_ssh_attempt = now + watch.ssh_backoff.next_delay()
             if watch.memory.ssh_fail_since is None:
                 watch.memory.ssh_fail_since = now
+            if watch.memory.ssh_port_seen_at is None:
+                watch.memory.ssh_port_seen_at = now  # Vast maps the port: refusals are now news
+            if now - watch.memory.ssh_port_seen_at >= self.policy.ssh_refused_grace:
+                # Ask the container log whether anything happens without SSH (see money.ssh_refused_text).
+                watch.memory.fallback = True
             # Refused/reset/timeouts during boot are expected: only past the grace is it news.
             if now - running_since >= self.policy.ssh_boot_grace and not watch.memory.ssh_unreachable_reported:
                 watch.memory.ssh_unreachable_reported = True
@@ -121,6 +129,7 @@ class LogCollector:
         watch.session = session
         watch.ssh_backoff = None
         watch.memory.ssh_fail_since = None
+        watch.memory.ssh_port_seen_at = None
         seen_key = getattr(session, "host_key", None)
         if seen_key and seen_key != watch.host_key:
             watch.host_key = seen_key
@@ -236,8 +245,14 @@ class LogCollector:
         new = new_suffix(watch.memory.fallback_tail, lines)
         watch.memory.fallback_tail = lines[-FALLBACK_TAIL:]
         watch.last_read = now
+        novel = _note_novel(watch.memory.container_seen, new) or watch.memory.container_read_at is None
         if new and await self.findings.lines(watch, new):
             watch.memory.last_growth = now
+        # A transfer whose counter moved in these lines is news even if its line looks the same.
+        moved = any(entry.get("since") == now for entry in watch.memory.downloads.values())
+        watch.memory.container_read_at = now
+        if novel or moved:
+            watch.memory.container_novel_at = now
 
     async def _confirm_comfyui(self, watch: RentalWatch) -> None:
         pending = watch.memory.comfy_pending or {}
@@ -290,6 +305,21 @@ class LogCollector:
                 await session.close()
             except Exception:  # closing a dead connection must not matter
                 log.debug("closing SSH session failed", exc_info=True)
+
+
+def _note_novel(seen: list[str], lines: list[str]) -> bool:
+    """Remember ``lines`` (digits folded, so a counter or a port number is not news); True if any
+    was not seen before. The same boot chatter every few seconds is not progress."""
+    novel = False
+    known = set(seen)
+    for line in lines:
+        key = _DIGITS.sub("#", line.strip())[:200]
+        if key and key not in known:
+            known.add(key)
+            seen.append(key)
+            novel = True
+    del seen[:-SEEN_LINES]
+    return novel
 
 
 def _partial(data: bytes) -> int:
