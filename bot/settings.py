@@ -163,7 +163,8 @@ class Settings(BaseSettings):
         return _blank_to_none(value)
 
     @field_validator(
-        "poll_interval", "ssh_boot_grace", "stall_timeout", "download_stall_timeout", "ssh_refused_grace", "container_running_deadline",
+        "poll_interval", "ssh_boot_grace", "stall_timeout", "download_stall_timeout", "ssh_refused_grace",
+        "container_running_deadline",
         "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
         "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", "budget_rent_estimate",
         "budget_check_interval", "host_avoid_window", mode="before",
