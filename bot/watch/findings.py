@@ -193,6 +193,9 @@ def is_progress(watch: RentalWatch, outcome: Any) -> bool:
                         finished=reading.finished)
     if event.ev == "heartbeat":
         return False
+    if event.ev != "model.progress":
+        # Our script moved on: whatever transfer a tool printed before is over (or not ours to time).
+        memory.downloads = {k: v for k, v in memory.downloads.items() if not v.get("tool")}
     if event.ev == "model.start":
         name = str(event.get("name", ""))
         memory.downloads.pop(f"model:{name}", None)

@@ -140,3 +140,18 @@ async def test_ssh_refused_while_the_container_log_progresses_keeps_the_instance
     await rig.poll(30)  # seven and a half minutes
     events = await rig.events(rental.id)
     assert kinds(events, EV_DECISION) == [], "a container log that progresses must keep the instance"
+
+
+async def test_a_tool_bar_left_short_of_100_percent_is_no_stall_once_the_script_moves_on(rig: Rig) -> None:
+    rental_id, iid = await _started(rig)
+    rig.append(iid, ev("node.reqs", "start", seq=3, name="ComfyUI-InstantID"))
+    for done in (0.10, 0.20, 0.35):  # the bar's last redraw says 97%: the file was done all the same
+        rig.append(iid, tqdm("antelopev2.zip", done, 0.361, "1.07MB/s") + "\n")
+        await rig.poll()
+    rig.append(iid, ev("node.reqs", "ok", seq=4, name="ComfyUI-InstantID", rc=0))
+    await rig.poll()
+    # Four quiet minutes follow (heartbeats only): under STALL_TIMEOUT, and no transfer is under way.
+    for n in range(16):
+        rig.append(iid, ev("heartbeat", seq=5 + n, step="node:ComfyUI-InstantID"))
+        await rig.poll()
+    assert kinds(await rig.events(rental_id), EV_DECISION) == []
