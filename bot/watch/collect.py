@@ -3,6 +3,7 @@ restart, the container-log fallback (bounded), and the ComfyUI and service-log p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 
@@ -313,7 +314,9 @@ def _note_novel(seen: list[str], lines: list[str]) -> bool:
     novel = False
     known = set(seen)
     for line in lines:
-        key = _DIGITS.sub("#", line.strip())[:200]
+        folded = _DIGITS.sub("#", line.strip())
+        # A short digest: the memory is saved every poll, and only sameness matters here.
+        key = hashlib.blake2b(folded.encode(), digest_size=8).hexdigest() if folded else ""
         if key and key not in known:
             known.add(key)
             seen.append(key)

@@ -92,7 +92,7 @@ class WatchMemory:
     ssh_port_seen_at: float | None = None  # first refusal with the SSH port mapped (this SSH-less stretch)
     container_novel_at: float | None = None  # last container-log read that showed something new
     container_read_at: float | None = None  # last container-log read
-    container_seen: list[str] = field(default_factory=list)  # container-log lines seen, digits folded
+    container_seen: list[str] = field(default_factory=list)  # digests of container-log lines, digits folded
     log_missing_since: float | None = None
     ssh_fail_since: float | None = None
     ssh_unreachable_reported: bool = False
