@@ -246,11 +246,13 @@ class LogCollector:
         new = new_suffix(watch.memory.fallback_tail, lines)
         watch.memory.fallback_tail = lines[-FALLBACK_TAIL:]
         watch.last_read = now
-        novel = _note_novel(watch.memory.container_seen, new) or watch.memory.container_read_at is None
+        novel = _note_novel(watch.memory.container_seen, new) or watch.memory.container_novel_at is None
         if new and await self.findings.lines(watch, new):
             watch.memory.last_growth = now
         # A transfer whose counter moved in these lines is news even if its line looks the same.
         moved = any(entry.get("since") == now for entry in watch.memory.downloads.values())
+        if not any(line.strip() for line in lines):
+            return  # an empty container log (Vast's upload lags or failed) is no evidence of anything
         watch.memory.container_read_at = now
         if novel or moved:
             watch.memory.container_novel_at = now

@@ -155,3 +155,14 @@ async def test_a_tool_bar_left_short_of_100_percent_is_no_stall_once_the_script_
         rig.append(iid, ev("heartbeat", seq=5 + n, step="node:ComfyUI-InstantID"))
         await rig.poll()
     assert kinds(await rig.events(rental_id), EV_DECISION) == []
+
+
+async def test_an_empty_container_log_proves_nothing_about_ssh(rig: Rig) -> None:
+    rig.refuse_forever = True
+    await rig.open_engine(**{**QUIET, "ssh_ready_deadline": 1e6})
+    rental, iid = await rig.rent()
+    # Vast has no container log to give (its upload lags or failed): no evidence either way, so
+    # only the SSH deadline may decide, never the quiet-container rule.
+    rig.sim.set_container_logs(iid, "")
+    await rig.poll(30)
+    assert kinds(await rig.events(rental.id), EV_DECISION) == []
