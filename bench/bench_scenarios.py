@@ -162,9 +162,13 @@ async def main(argv: list[str] | None = None) -> int:
         return 0 if mismatched == 0 and not unpaid and silent_ok and false == 0 else 1
 
     t0 = time.monotonic()
-    code = await run_demo("all", speed=DEFAULT_SPEED, out=io.StringIO())
+    shown = io.StringIO()
+    code = await run_demo("all", speed=DEFAULT_SPEED, out=shown)
     print(f"\n`python -m bot demo --scenario all` at x{DEFAULT_SPEED:g}: {time.monotonic() - t0:.1f} s wall, "
           f"exit {code}")
+    for line in shown.getvalue().splitlines():
+        if line.startswith("MISMATCH"):
+            print(f"  {line}")
     return 0 if mismatched == 0 and code == 0 and not unpaid and silent_ok and false == 0 else 1
 
 

@@ -231,7 +231,8 @@ class LogCollector:
         if watch.rental.instance_id is None:
             return
         watch.memory.container_log_poll += 1
-        due = watch.memory.container_log_poll >= self.policy.container_log_every or not watch.memory.fallback_tail
+        due = (watch.memory.container_log_poll >= self.policy.container_log_every or not watch.memory.fallback_tail
+               or self._settles_ssh(watch, now))
         if not force and (not due or self.fallback_budget <= 0):
             return
         self.fallback_budget -= 1
@@ -256,6 +257,17 @@ class LogCollector:
         watch.memory.container_read_at = now
         if novel or moved:
             watch.memory.container_novel_at = now
+
+    def _settles_ssh(self, watch: RentalWatch, now: float) -> bool:
+        """Whether a read now could settle that SSH never comes (money.ssh_refused_text): the
+        container log has been quiet for the grace. Read then, not at the next cadence read, so
+        the decision does not wait up to ``container_log_every`` polls more."""
+        m = watch.memory
+        if m.ssh_port_seen_at is None or m.container_novel_at is None:
+            return False
+        if watch.reached(Milestone.SSH_READY) or watch.reached(Milestone.PROVISIONING_STARTED):
+            return False
+        return now - m.container_novel_at >= self.policy.ssh_refused_grace
 
     async def _confirm_comfyui(self, watch: RentalWatch) -> None:
         pending = watch.memory.comfy_pending or {}

@@ -136,9 +136,7 @@ def ssh_refused_text(memory: WatchMemory, policy: WatchPolicy, now: float) -> st
     if seen is None or novel is None or read is None:
         return None
     grace = policy.ssh_refused_grace
-    # The container log is read every few polls, and polls run late under load: a quiet stretch
-    # measured between two reads may fall short of the grace by up to a poll without meaning more.
-    if now - seen < grace or read - novel < grace - policy.poll_interval:
+    if now - seen < grace or read - novel < grace:
         return None
     return (f"SSH refused for {format_duration(now - seen)} while Vast reports the instance running with "
             f"its SSH port mapped, and the container log shows no provisioning and nothing new for "
