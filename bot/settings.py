@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     poll_interval: Duration = 15.0
     ssh_boot_grace: Duration = 180.0
     stall_timeout: Duration = 300.0
+    # A download whose byte counter (our script's or the tool's own progress line) has not moved
+    # this long is a stall, even while heartbeat lines keep the log growing.
+    download_stall_timeout: Duration = 120.0
+    # Once the instance runs with its SSH port mapped, SSH refused this long makes the bot read the
+    # container log; no provisioning there and nothing new for as long again means SSH never comes.
+    ssh_refused_grace: Duration = 120.0
     container_running_deadline: Duration = 1800.0
     ssh_ready_deadline: Duration = 600.0
     provisioning_started_deadline: Duration = 600.0
@@ -163,7 +169,8 @@ class Settings(BaseSettings):
         return _blank_to_none(value)
 
     @field_validator(
-        "poll_interval", "ssh_boot_grace", "stall_timeout", "container_running_deadline",
+        "poll_interval", "ssh_boot_grace", "stall_timeout", "download_stall_timeout", "ssh_refused_grace",
+        "container_running_deadline",
         "ssh_ready_deadline", "provisioning_started_deadline", "comfyui_ready_deadline",
         "provision_deadline", "proposal_timeout", "approval_timeout", "command_cooldown", "budget_rent_estimate",
         "budget_check_interval", "host_avoid_window", "lease_duration", "lease_max_total", "lease_warn_before",

@@ -3,7 +3,9 @@ restart, the container-log fallback (bounded), and the ComfyUI and service-log p
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 
 from bot.clock import Clock
 from bot.durations import format_duration
@@ -37,6 +39,8 @@ CHUNK = 1 << 20
 TAIL_CHUNKS = 8
 REPLAY_CHUNKS = 4
 FALLBACK_TAIL = 50
+SEEN_LINES = 300  # distinct container-log lines remembered to tell news from repeated chatter
+_DIGITS = re.compile(r"\d+")
 
 
 class LogCollector:
@@ -107,6 +111,11 @@ class LogCollector:
             watch.next_ssh_attempt = now + watch.ssh_backoff.next_delay()
             if watch.memory.ssh_fail_since is None:
                 watch.memory.ssh_fail_since = now
+            if watch.memory.ssh_port_seen_at is None:
+                watch.memory.ssh_port_seen_at = now  # Vast maps the port: refusals are now news
+            if now - watch.memory.ssh_port_seen_at >= self.policy.ssh_refused_grace:
+                # Ask the container log whether anything happens without SSH (see money.ssh_refused_text).
+                watch.memory.fallback = True
             # Refused/reset/timeouts during boot are expected: only past the grace is it news.
             if now - running_since >= self.policy.ssh_boot_grace and not watch.memory.ssh_unreachable_reported:
                 watch.memory.ssh_unreachable_reported = True
@@ -121,6 +130,7 @@ class LogCollector:
         watch.session = session
         watch.ssh_backoff = None
         watch.memory.ssh_fail_since = None
+        watch.memory.ssh_port_seen_at = None
         seen_key = getattr(session, "host_key", None)
         if seen_key and seen_key != watch.host_key:
             watch.host_key = seen_key
@@ -221,7 +231,8 @@ class LogCollector:
         if watch.rental.instance_id is None:
             return
         watch.memory.container_log_poll += 1
-        due = watch.memory.container_log_poll >= self.policy.container_log_every or not watch.memory.fallback_tail
+        due = (watch.memory.container_log_poll >= self.policy.container_log_every or not watch.memory.fallback_tail
+               or self._settles_ssh(watch, now))
         if not force and (not due or self.fallback_budget <= 0):
             return
         self.fallback_budget -= 1
@@ -236,8 +247,27 @@ class LogCollector:
         new = new_suffix(watch.memory.fallback_tail, lines)
         watch.memory.fallback_tail = lines[-FALLBACK_TAIL:]
         watch.last_read = now
+        novel = _note_novel(watch.memory.container_seen, new) or watch.memory.container_novel_at is None
         if new and await self.findings.lines(watch, new):
             watch.memory.last_growth = now
+        # A transfer whose counter moved in these lines is news even if its line looks the same.
+        moved = any(entry.get("since") == now for entry in watch.memory.downloads.values())
+        if not any(line.strip() for line in lines):
+            return  # an empty container log (Vast's upload lags or failed) is no evidence of anything
+        watch.memory.container_read_at = now
+        if novel or moved:
+            watch.memory.container_novel_at = now
+
+    def _settles_ssh(self, watch: RentalWatch, now: float) -> bool:
+        """Whether a read now could settle that SSH never comes (money.ssh_refused_text): the
+        container log has been quiet for the grace. Read then, not at the next cadence read, so
+        the decision does not wait up to ``container_log_every`` polls more."""
+        m = watch.memory
+        if m.ssh_port_seen_at is None or m.container_novel_at is None:
+            return False
+        if watch.reached(Milestone.SSH_READY) or watch.reached(Milestone.PROVISIONING_STARTED):
+            return False
+        return now - m.container_novel_at >= self.policy.ssh_refused_grace
 
     async def _confirm_comfyui(self, watch: RentalWatch) -> None:
         pending = watch.memory.comfy_pending or {}
@@ -290,6 +320,23 @@ class LogCollector:
                 await session.close()
             except Exception:  # closing a dead connection must not matter
                 log.debug("closing SSH session failed", exc_info=True)
+
+
+def _note_novel(seen: list[str], lines: list[str]) -> bool:
+    """Remember ``lines`` (digits folded, so a counter or a port number is not news); True if any
+    was not seen before. The same boot chatter every few seconds is not progress."""
+    novel = False
+    known = set(seen)
+    for line in lines:
+        folded = _DIGITS.sub("#", line.strip())
+        # A short digest: the memory is saved every poll, and only sameness matters here.
+        key = hashlib.blake2b(folded.encode(), digest_size=8).hexdigest() if folded else ""
+        if key and key not in known:
+            known.add(key)
+            seen.append(key)
+            novel = True
+    del seen[:-SEEN_LINES]
+    return novel
 
 
 def _partial(data: bytes) -> int:

@@ -11,6 +11,7 @@ from bot.db.models import RentalState
 from bot.watch.events import EV_FINDING, EV_MILESTONE, EV_NOISE, EV_VERDICT
 from bot.watch.links import comfyui_link, displayable, tunnel_link
 from bot.watch.model import Category, Finding, Milestone, MilestoneHit, Severity, Verdict
+from bot.watch.progress import parse_progress
 from bot.watch.records import Recorder
 from bot.watch.redact import Redactor
 from bot.watch.state import RentalWatch
@@ -184,22 +185,65 @@ def verdict_of(watch: RentalWatch) -> Verdict:
 
 
 def is_progress(watch: RentalWatch, outcome: Any) -> bool:
-    # Growth is not progress: platform noise, our heartbeat and a download whose byte counter
-    # stopped would otherwise keep a hung run from ever looking stalled.
+    """Whether one analysed line is progress, keeping the byte counters of downloads under way.
+
+    Growth is not progress: platform noise, our heartbeat and a download whose byte counter
+    stopped would otherwise keep a hung run from ever looking stalled. A counter is stamped with
+    the time the log was read (``watch.last_read``), which is when the bot could know it moved.
+    """
     if outcome.noise:
         return False
+    memory = watch.memory
+    now = watch.last_read
     event = outcome.event
     if event is None:
-        return True
+        reading = parse_progress(outcome.text or "")
+        if reading is None:
+            # Other work went on: the run moved on from whatever transfer it printed before.
+            memory.downloads = {k: v for k, v in memory.downloads.items() if not v.get("tool")}
+            return True
+        return _counter(memory, reading.key, reading.done, reading.total, now, tool=reading.tool,
+                        finished=reading.finished)
     if event.ev == "heartbeat":
         return False
+    if event.ev != "model.progress":
+        # Our script moved on: whatever transfer a tool printed before is over (or not ours to time).
+        memory.downloads = {k: v for k, v in memory.downloads.items() if not v.get("tool")}
+    if event.ev == "model.start":
+        name = str(event.get("name", ""))
+        memory.downloads.pop(f"model:{name}", None)
+        return True
+    if event.ev in ("model.done", "model.fail", "run.done"):
+        if event.ev == "run.done":
+            memory.downloads.clear()
+        else:
+            memory.downloads.pop(f"model:{event.get('name', '')}", None)
+        return True
     if event.ev == "model.progress":
         name = str(event.get("name", ""))
         try:
             done = int(event.get("bytes") or 0)
         except (TypeError, ValueError):
             return False
-        before = watch.memory.progress_bytes.get(name)
-        watch.memory.progress_bytes[name] = max(done, before or 0)
+        before = memory.progress_bytes.get(name)
+        memory.progress_bytes[name] = max(done, before or 0)
+        total = event.get("total")
+        _counter(memory, f"model:{name}", done, int(total) if isinstance(total, int) else None, now, tool="")
         return before is None or done > before
     return True
+
+
+def _counter(memory: Any, key: str, done: int, total: int | None, now: float | None, *, tool: str,
+             finished: bool = False) -> bool:
+    """Record a byte counter reading; True if it moved (a new transfer counts as moving)."""
+    if finished:
+        moved = memory.downloads.pop(key, {}).get("bytes") != done
+        return moved
+    current = memory.downloads.get(key)
+    # A smaller count under the same key is a new transfer (wget and curl print no file name).
+    moved = current is None or done != current.get("bytes")
+    if moved:
+        memory.downloads[key] = {"bytes": done, "since": now, "total": total, "tool": tool}
+    elif current is not None and current.get("since") is None:
+        current["since"] = now
+    return moved

@@ -94,6 +94,10 @@ def deadline_finding(rental: Rental, memory: WatchMemory, policy: WatchPolicy, n
     if running is not None and ssh_ready is None and started is None:
         checks.append((now - running >= policy.ssh_ready_deadline, "ssh_ready",
                        f"SSH never became reachable in {format_duration(now - running)} of running"))
+    refused = ssh_refused_text(memory, policy, now) if running is not None and ssh_ready is None \
+        and started is None else None
+    if refused is not None:
+        checks.append((True, "ssh_refused", refused))
     if ssh_ready is not None and started is None:
         checks.append((now - ssh_ready >= policy.provisioning_started_deadline, "provisioning_started",
                        f"provisioning did not start within {format_duration(now - ssh_ready)} of SSH"))
@@ -102,6 +106,9 @@ def deadline_finding(rental: Rental, memory: WatchMemory, policy: WatchPolicy, n
     complete = Milestone.PROVISIONING_COMPLETE.value in m
     checks.append((now - created >= policy.provision_deadline and not complete, "provision_deadline",
                    f"provisioning is not complete after {format_duration(now - created)}"))
+    stalled = stalled_download_text(memory, policy, last_read) if started is not None and not complete else None
+    if stalled is not None:
+        checks.append((True, "download_stalled", stalled))
     last = memory.last_growth
     if last is not None and last_read is not None and started is not None and not complete \
             and last_read - last >= policy.stall_timeout:
@@ -110,8 +117,51 @@ def deadline_finding(rental: Rental, memory: WatchMemory, policy: WatchPolicy, n
     for missed, name, text in checks:
         # A declined deadline stays missed: say it once (when proposed), not at every poll.
         if missed and f"engine.deadline.{name}" not in memory.declined:
-            category = Category.SSH_UNREACHABLE if name == "ssh_ready" else Category.STALLED
+            category = Category.SSH_UNREACHABLE if name in ("ssh_ready", "ssh_refused") else Category.STALLED
             return Finding(category, Severity.FATAL, text,
                            "Nothing useful is happening on this instance; tear it down and try another host.",
                            stops_run=True, rule=f"engine.deadline.{name}"), name
     return None
+
+
+def ssh_refused_text(memory: WatchMemory, policy: WatchPolicy, now: float) -> str | None:
+    """Why SSH will not come, if the container log proves it; None while it may still.
+
+    Vast says the instance runs and its SSH port is mapped, SSH has refused for
+    ``ssh_refused_grace`` since, and the container log (read through the API) has shown neither
+    provisioning nor any new line for as long again. Anything new there (the image still booting,
+    a download advancing) keeps the instance alive: boot-time refusals are normal.
+    """
+    seen, novel, read = memory.ssh_port_seen_at, memory.container_novel_at, memory.container_read_at
+    if seen is None or novel is None or read is None:
+        return None
+    grace = policy.ssh_refused_grace
+    if now - seen < grace or read - novel < grace:
+        return None
+    return (f"SSH refused for {format_duration(now - seen)} while Vast reports the instance running with "
+            f"its SSH port mapped, and the container log shows no provisioning and nothing new for "
+            f"{format_duration(read - novel)}")
+
+
+def stalled_download_text(memory: WatchMemory, policy: WatchPolicy, last_read: float | None) -> str | None:
+    """The download whose byte counter has not moved for ``download_stall_timeout``, in words."""
+    if last_read is None:
+        return None
+    worst: tuple[float, str, dict[str, Any]] | None = None
+    for key, entry in memory.downloads.items():
+        since = entry.get("since")
+        if not isinstance(since, int | float):
+            continue
+        idle = last_read - since
+        if idle >= policy.download_stall_timeout and (worst is None or idle > worst[0]):
+            worst = (idle, key, entry)
+    if worst is None:
+        return None
+    idle, key, entry = worst
+    name = key.split(":", 1)[1] if ":" in key else key
+    done = int(entry.get("bytes") or 0)
+    total = entry.get("total")
+    of = f" of {total / 1e9:.2f} GB" if isinstance(total, int) and total > 0 else ""
+    tool = f" ({entry['tool']})" if entry.get("tool") else ""
+    return (f"the download of {name}{tool} has not advanced for {format_duration(idle)}: stuck at "
+            f"{done / 1e9:.2f} GB{of}")

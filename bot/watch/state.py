@@ -33,6 +33,11 @@ class WatchPolicy:
     poll_interval: float = 15.0
     ssh_boot_grace: float = 180.0
     stall_timeout: float = 300.0
+    # A download whose byte counter has not moved this long is stalled, heartbeat or not.
+    download_stall_timeout: float = 120.0
+    # SSH refused this long after the instance runs with its port mapped: read the container log;
+    # if it shows no provisioning and nothing new for as long again, SSH will not come.
+    ssh_refused_grace: float = 120.0
     container_running_deadline: float = 1800.0
     ssh_ready_deadline: float = 600.0
     provisioning_started_deadline: float = 600.0
@@ -82,6 +87,12 @@ class WatchMemory:
     findings: list[dict[str, Any]] = field(default_factory=list)
     last_growth: float | None = None  # last *progress* (not noise, heartbeats or a stuck byte counter)
     progress_bytes: dict[str, int] = field(default_factory=dict)  # model.progress bytes per file
+    # Transfers under way: key -> {"bytes", "since" (when the counter last moved), "total", "tool"}.
+    downloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ssh_port_seen_at: float | None = None  # first refusal with the SSH port mapped (this SSH-less stretch)
+    container_novel_at: float | None = None  # last container-log read that showed something new
+    container_read_at: float | None = None  # last container-log read
+    container_seen: list[str] = field(default_factory=list)  # digests of container-log lines, digits folded
     log_missing_since: float | None = None
     ssh_fail_since: float | None = None
     ssh_unreachable_reported: bool = False

@@ -145,8 +145,10 @@ async def test_logs_from_the_container_log_are_cleaned_and_redacted(fake_discord
             nonlocal planted
             inst = s.stage.instances.get(rental.instance_id or 0)
             watch = s.bot.engine.watches.get(rental.id)
-            if inst is not None and watch is not None and watch.memory.fallback_tail and not planted:
-                # The container log's last 50 lines start inside a key block.
+            if inst is not None and watch is not None and watch.memory.fallback_tail and not planted \
+                    and "provisioning_complete" in watch.memory.milestones:
+                # The container log's last 50 lines start inside a key block (planted once the run's
+                # own output is over, so the next read's last 50 lines still hold it).
                 inst.container_lines.extend([*KEY_BLOCK, f"[hf] logging in with {split} now"] + ["x"] * 20)
                 planted = True
             return watch is not None and any("logging in" in line for line in watch.memory.fallback_tail)

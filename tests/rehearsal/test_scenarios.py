@@ -103,13 +103,17 @@ async def test_no_scenario_rents_in_cn_or_ua(outcome: Outcome, name: str) -> Non
     assert result.country not in ("CN", "UA", None)
 
 
-async def test_ssh_never_falls_back_to_the_container_log_then_hits_the_deadline(outcome: Outcome) -> None:
+async def test_ssh_never_is_decided_from_the_container_log_not_the_deadline(outcome: Outcome) -> None:
     result = await outcome("ssh-never")
     warn = [f for f in result.findings if f["category"] == "ssh_unreachable" and f["severity"] == "warn"]
     assert warn, "past the boot grace the bot says SSH fails, once, as a warning"
-    assert result.sim_calls.get("PUT /api/v0/instances/request_logs/{id}/", 0) >= 5
+    # The container log was read (first at the refused grace, then until it had been quiet as long).
+    assert result.sim_calls.get("PUT /api/v0/instances/request_logs/{id}/", 0) >= 3
     assert result.conclusive is not None and result.conclusive["category"] == "ssh_unreachable"
-    assert result.conclusive["rule"] == "engine.deadline.ssh_ready"
+    assert result.conclusive["rule"] == "engine.deadline.ssh_refused"
+    assert "port mapped" in result.conclusive["text"]
+    # Well before the 600 s SSH deadline: at most a tenth of the audit's 3,600 s billed.
+    assert result.stopped_at is not None and result.stopped_at <= 360
 
 
 async def test_ssh_refused_through_a_long_boot_is_no_false_alarm(outcome: Outcome) -> None:

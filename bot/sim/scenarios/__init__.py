@@ -237,7 +237,8 @@ def parse_scenario(data: dict[str, Any], name: str, snippets: dict[str, Any] | N
 
 # The order the demo plays them in: the audit's failures roughly as the audit tells them.
 ORDER = ("happy", "script-404", "gistfile1", "log-path-mismatch", "ssh-refused", "ssh-never", "stall",
-         "disk-full", "china-cheapest", "port-noise-only", "slow-fetch", "stall-heartbeat",
+         "disk-full", "china-cheapest", "port-noise-only", "slow-fetch", "slow-download", "slow-node-download",
+         "ssh-late-progress", "stall-heartbeat",
          "gated-model", "token-401", "disk-too-small", "cuda-incompatible", "torch-node")
 
 
