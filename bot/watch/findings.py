@@ -237,7 +237,7 @@ def _counter(memory: Any, key: str, done: int, total: int | None, now: float | N
              finished: bool = False) -> bool:
     """Record a byte counter reading; True if it moved (a new transfer counts as moving)."""
     if finished:
-        moved = memory.downloads.pop(key, {}).get("bytes") != done
+        moved: bool = memory.downloads.pop(key, {}).get("bytes") != done
         return moved
     current = memory.downloads.get(key)
     # A smaller count under the same key is a new transfer (wget and curl print no file name).

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.watch.test_engine import EV_DECISION, EV_FINDING, POLL, Rig, ev, kinds, make_rig
+from bot.watch.events import EV_DECISION, EV_FINDING
+from tests.watch.engine_helpers import Rig, make_rig
+from tests.watch.helpers import POLL, ev, kinds
 
 # Generous general timeouts, so only the rules under test can decide.
 QUIET = {"stall_timeout": 300.0, "ssh_ready_deadline": 600.0, "download_stall_timeout": 120.0,
