@@ -147,6 +147,25 @@ def pending_buttons(fake: FakeDiscord) -> list[tuple[int, str]]:
     return out
 
 
+async def rent_one(fake: FakeDiscord, stage: RehearsalStage, tally: Tally) -> None:
+    """Request and approve a rental without killing anything, until Vast has its instance."""
+    before = set(stage.sim.instances) | set(stage.sim.destroyed)
+    await request_rent(fake)
+    await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: bool(pending_buttons(fake)), 20)
+    msg_id, cid = pending_buttons(fake)[-1]
+    click = await fake.click(msg_id, cid, user_id=APPROVER)
+    await click.response(timeout=10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline and not (set(stage.sim.instances) - before):  # noqa: ASYNC110 - another process
+        await asyncio.sleep(0.2)
+    if not set(stage.sim.instances) - before:
+        shown = fake.message(msg_id).text()[:200]
+        tally.notes.append(f"an approval without a kill rented nothing within 60 s: {shown!r}")
+    else:
+        tally.notes.append(f"an approval without a kill rented in {60 - (deadline - loop.time()):.1f} s")
+
+
 async def check_reattached(db: Path, started: float, tally: Tally) -> None:
     """Every rental the database holds as active gets its watch state saved by the new process."""
     loop = asyncio.get_running_loop()
@@ -182,7 +201,7 @@ async def round_(kind: str, rng: random.Random, fake: FakeDiscord, bot: BotProce
             await fake.wait_for_message(NOTIFY_CHANNEL_ID, lambda m: bool(pending_buttons(fake)), 20)
             buttons = pending_buttons(fake)
         msg_id, cid = buttons[-1]
-        delay = rng.uniform(0.0, 2.0)
+        delay = rng.uniform(0.0, 8.0)  # an approval takes ~6 s: preflight, re-check, create, records
         tally.old_clicks += 1
         click = await fake.click(msg_id, cid, user_id=APPROVER)
         kill_at = asyncio.get_running_loop().time() + delay
@@ -193,11 +212,21 @@ async def round_(kind: str, rng: random.Random, fake: FakeDiscord, bot: BotProce
             tally.old_clicks -= 1  # killed before it could answer: not a test of the old button
         delay = max(0.0, kill_at - asyncio.get_running_loop().time())
     elif kind == "provisioning":
+        await rent_one(fake, stage, tally)  # not a kill point: a fresh instance to kill during
         delay = rng.uniform(0.0, 20.0)
     else:  # a container exits: kill around the teardown decision, its post and the destroy
-        running = [i for i in stage.sim.instances
-                   if stage.sim._meta[i].destroyed_at is None and stage.sim.status_of(i) == "running"
-                   and i not in tally.broken]
+        # Only an instance the bot has seen running (its container_running milestone is recorded):
+        # one that exits before the bot saw it running is another case (a deadline, not this kill point).
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 90
+        running: list[int] = []
+        while loop.time() < until and not running:
+            seen = {r[0] for r in db_rows(db, "SELECT r.instance_id FROM events e JOIN rentals r ON r.id = e.rental_id "
+                                              "WHERE e.kind = 'milestone' AND e.payload LIKE '%container_running%'")}
+            running = [i for i in stage.sim.instances if i in seen and i not in tally.broken
+                       and stage.sim._meta[i].destroyed_at is None and stage.sim.status_of(i) == "running"]
+            if not running:
+                await asyncio.sleep(0.5)
         if not running:
             delay = rng.uniform(0.0, 5.0)
             tally.notes.append("no running instance to break this round")
