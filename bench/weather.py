@@ -136,10 +136,12 @@ class DatabaseWeather:
         await self._pragma("PRAGMA max_page_count = 1073741823")
         await self._pragma("DELETE FROM bench_ballast")
 
-    def lock(self) -> None:
+    async def lock(self) -> None:
         """Another process holds the write lock (SQLITE_BUSY after the store's busy timeout)."""
         self._locker = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        self._locker.execute("BEGIN EXCLUSIVE")
+        # Taken between the store's transactions: one in progress needs the event loop to finish.
+        async with self.store._lock:
+            self._locker.execute("BEGIN EXCLUSIVE")
 
     def unlock(self) -> None:
         if self._locker is not None:
