@@ -103,10 +103,11 @@ class VastSim(Fleet):
         page_size: int = 25,
         rate_limits: dict[str, float] | None = None,
         hang_seconds: float = 60.0,
+        start_date_offset: float = 0.0,
     ) -> None:
         super().__init__(clock, catalogue=catalogue, provisioning_delay=provisioning_delay,
                          created_to_loading=created_to_loading, loading_to_running=loading_to_running,
-                         destroy_delay=destroy_delay)
+                         destroy_delay=destroy_delay, start_date_offset=start_date_offset)
         self.api_key = api_key
         self.logs_delay = logs_delay
         self.initial_credit = credit
@@ -116,6 +117,8 @@ class VastSim(Fleet):
         self.hang_seconds = hang_seconds
         self.calls: list[tuple[str, str]] = []
         self.requests: list[SimRequest] = []
+        # Requests being handled now: a driver moving a FakeClock waits for 0 before advancing.
+        self.in_flight = 0
         self.on_create: CreateHook | None = None
         self.faults = FaultPlan()
         self._log_requests: dict[str, _LogRequest] = {}
@@ -193,7 +196,11 @@ class VastSim(Fleet):
         self.calls.append((request.method, request.path))
         self.requests.append(entry)
         request[_ENTRY] = entry
-        response = await handler(request)
+        self.in_flight += 1
+        try:
+            response = await handler(request)
+        finally:
+            self.in_flight -= 1
         entry.status = response.status
         return response
 

@@ -48,6 +48,7 @@ class Fleet:
         created_to_loading: float = 5.0,
         loading_to_running: float = 60.0,
         destroy_delay: float = 0.0,
+        start_date_offset: float = 0.0,
     ) -> None:
         self.clock = clock
         self.offers: list[dict[str, Any]] = catalogue if catalogue is not None else default_catalogue()
@@ -55,6 +56,9 @@ class Fleet:
         self.created_to_loading = created_to_loading
         self.loading_to_running = loading_to_running
         self.destroy_delay = destroy_delay
+        # Vast's clock minus the bot's: Vast stamps ``start_date`` on its own clock (a negative
+        # offset makes a new instance look older to a bot whose clock runs ahead of Vast's).
+        self.start_date_offset = start_date_offset
         self.instances: dict[int, dict[str, Any]] = {}  # live instances, as stored (no computed fields)
         self.destroyed: dict[int, dict[str, Any]] = {}
         self._meta: dict[int, InstanceMeta] = {}
@@ -229,7 +233,7 @@ class Fleet:
                 "diskHour": round(disk_hour, 7),
                 "totalHour": round(dph_base + disk_hour, 7),
             },
-            "start_date": created_at,
+            "start_date": created_at + self.start_date_offset,
             "end_date": offer.get("end_date"),
             "geolocation": offer.get("geolocation"),
             "verification": offer.get("verification"),
