@@ -329,8 +329,10 @@ class VastClient:
             data = await self._call(LIST, params=params)
             if not isinstance(data, dict):
                 raise VastResponseError("instance list is not a JSON object", endpoint=LIST)
-            rows = data.get("instances") or []
+            rows = data.get("instances")
             if not isinstance(rows, list):
+                # An account with no instances is [], never null or missing: such an answer says nothing
+                # about what exists, and reading it as "none" would make every instance look gone.
                 raise VastResponseError("'instances' is not a list", endpoint=LIST)
             for row in rows:
                 instance = _parse(Instance, row)

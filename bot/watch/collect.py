@@ -3,6 +3,7 @@ restart, the container-log fallback (bounded), and the ComfyUI and service-log p
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -39,6 +40,8 @@ CHUNK = 1 << 20
 TAIL_CHUNKS = 8
 REPLAY_CHUNKS = 4
 FALLBACK_TAIL = 50
+# Share of a poll interval a poll waits for a container log it asked for; later it is the next poll's.
+CONTAINER_LOG_WAIT = 0.1
 SEEN_LINES = 300  # distinct container-log lines remembered to tell news from repeated chatter
 _DIGITS = re.compile(r"\d+")
 
@@ -230,15 +233,33 @@ class LogCollector:
         """Read Vast's container log: at most every few polls, within the poll's budget."""
         if watch.rental.instance_id is None:
             return
-        watch.memory.container_log_poll += 1
-        due = (watch.memory.container_log_poll >= self.policy.container_log_every or not watch.memory.fallback_tail
-               or self._settles_ssh(watch, now))
-        if not force and (not due or self.fallback_budget <= 0):
+        task = watch.logs_task
+        if task is None:
+            watch.memory.container_log_poll += 1
+            first = watch.memory.container_read_at is None and not watch.memory.fallback_tail
+            due = (watch.memory.container_log_poll >= self.policy.container_log_every or first
+                   or self._settles_ssh(watch, now))
+            if not force and (not due or self.fallback_budget <= 0):
+                return
+            self.fallback_budget -= 1
+            watch.memory.container_log_poll = 0
+            # Vast uploads the log, then we fetch it: that can take a minute. It runs beside the poll
+            # and is picked up when done, so a host that never uploads never holds a poll up.
+            task = watch.logs_task = asyncio.create_task(self.vast.request_logs(watch.rental.instance_id),
+                                                         name=f"container-log-{watch.rental.id}")
+            # Wait a little on the injected clock (a fast answer is used in this poll), never longer.
+            timer = asyncio.create_task(self.clock.sleep(self.policy.poll_interval * CONTAINER_LOG_WAIT))
+            try:
+                await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+        if not task.done():
             return
-        self.fallback_budget -= 1
-        watch.memory.container_log_poll = 0
+        watch.logs_task = None
         try:
-            text = await self.vast.request_logs(watch.rental.instance_id)
+            text = task.result()
+        except asyncio.CancelledError:
+            return
         except VastError as exc:
             log.info("rental %s: container logs unavailable: %s", watch.rental.id, exc)
             return
@@ -314,6 +335,8 @@ class LogCollector:
                         await self.findings.milestone(watch, hit.name, {"source": path, **hit.detail})
 
     async def close_session(self, watch: RentalWatch) -> None:
+        if watch.logs_task is not None and not watch.logs_task.done():
+            watch.logs_task.cancel()
         session, watch.session = watch.session, None
         if session is not None:
             try:

@@ -171,6 +171,8 @@ class RentalWatch:
         self.destroy_by: str | None = None
         self.destroy_resent_at: float | None = None
         self.confirmed_gone = False
+        # A container-log read under way beside the polls (Vast uploads the log first).
+        self.logs_task: asyncio.Task[str] | None = None
 
     def reached(self, milestone: Milestone) -> bool:
         return milestone.value in self.memory.milestones

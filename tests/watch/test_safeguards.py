@@ -202,8 +202,6 @@ async def test_a_null_list_and_a_bare_404_do_not_make_a_healthy_instance_gone(ri
     assert rental.id in rig.engine.watches  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="two null lists in a row and a bare 404 on the look-up close the rental "
-                   "(the client reads both as 'gone'); the orphan sweep then destroys the live instance")
 async def test_two_null_lists_and_a_bare_404_do_not_make_a_healthy_instance_gone(rig: Rig) -> None:
     await rig.open_engine()
     rental, iid = await rig.rent()
@@ -389,8 +387,6 @@ async def test_a_proposal_whose_write_failed_is_made_once_the_database_is_back(r
     assert await rig.state(rental.id) == RentalState.FAILED
 
 
-@pytest.mark.xfail(strict=True, reason="the fallback awaits request_logs inline: a host that never uploads its "
-                   "log holds the poll for the client's logs_timeout (60 s), and every other rental waits")
 async def test_a_host_that_never_uploads_its_container_log_does_not_stretch_the_poll(rig: Rig) -> None:
     """Item 10: the fallback must not push the poll past its interval (time on the fake clock)."""
     await rig.open_engine(ssh_boot_grace=60.0, ssh_ready_deadline=10_000.0)
