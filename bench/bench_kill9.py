@@ -37,12 +37,12 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
 from bench_reliability import catalogue  # noqa: E402
-from tests.fakediscord import FakeDiscord, walk_components  # noqa: E402
-from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID  # noqa: E402
 
 from bot.clock import SystemClock  # noqa: E402
 from bot.sim.scenarios import load_scenario  # noqa: E402
 from bot.sim.stage import SIM_API_KEY, RehearsalStage  # noqa: E402
+from tests.support.fakediscord import FakeDiscord, walk_components  # noqa: E402
+from tests.support.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID  # noqa: E402
 
 REQUESTER, APPROVER = 4_001, 4_002
 POLL = 2.0

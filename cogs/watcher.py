@@ -322,6 +322,27 @@ class Watcher(commands.Cog):
         self.bot.notifier = notifier
         self.bot.engine.notifier = notifier
         self.bot.engine.outbox.wake()  # what waited while no notifier was installed goes out now
+        self._restore = asyncio.create_task(self._restore_pending(notifier), name="restore-approvals")
+
+    async def cog_unload(self) -> None:
+        self._restore.cancel()
+
+    async def _restore_pending(self, notifier: ChannelNotifier) -> None:
+        """Give every request still pending its buttons back.
+
+        A click turns its message into "approved: checking the offer…" before deciding; if the bot
+        stopped in that moment, the approval is still pending but its message has no buttons left.
+        """
+        try:
+            pending = await self.bot.store.pending_approvals()
+        except Exception:
+            log.exception("could not list pending approvals to restore their buttons")
+            return
+        for approval in pending:
+            try:
+                await notifier._edit_approval(approval.id)
+            except Exception:  # one message that cannot be edited must not stop the others
+                log.warning("could not restore the buttons of approval %s", approval.id, exc_info=True)
 
 
 async def setup(bot: VastopsBot) -> None:

@@ -42,6 +42,8 @@ REPLAY_CHUNKS = 4
 FALLBACK_TAIL = 50
 # Share of a poll interval a poll waits for a container log it asked for; later it is the next poll's.
 CONTAINER_LOG_WAIT = 0.1
+# ...and never more than this in real seconds (loopback answers come at once; Vast's in well under it).
+CONTAINER_LOG_REAL_CAP = 1.0
 SEEN_LINES = 300  # distinct container-log lines remembered to tell news from repeated chatter
 _DIGITS = re.compile(r"\d+")
 
@@ -250,7 +252,8 @@ class LogCollector:
             # Wait a little on the injected clock (a fast answer is used in this poll), never longer.
             timer = asyncio.create_task(self.clock.sleep(self.policy.poll_interval * CONTAINER_LOG_WAIT))
             try:
-                await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({task, timer}, timeout=CONTAINER_LOG_REAL_CAP,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 timer.cancel()
         if not task.done():

@@ -19,6 +19,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.db.models import Event, Rental, RentalState
 from bot.db.store import Store
+from bot.durations import format_duration
 from bot.vast.client import VastClient
 from bot.vast.errors import VastAuthError, VastError, VastResponseError
 from bot.vast.models import Instance
@@ -108,7 +109,7 @@ class WatchEngine:
         # Rentals whose create call is in flight in this process (the rent service keeps this):
         # their instance id is not known yet, and their label must not be taken for missing.
         self.creating: set[int] = set()
-        self.alarms = Alarms(self.outbox)
+        self.alarms = Alarms(self.outbox, vast_alert_after_s=3 * policy.poll_interval)
         self.recorder = Recorder(store, clock, self.outbox, policy, self.alarms, self.watches)
         self.teardown = Teardown(store=store, vast=vast, clock=clock, policy=policy, redactor=self.redactor,
                                  recorder=self.recorder, watches=self.watches, creating=self.creating,
@@ -234,11 +235,23 @@ class WatchEngine:
         self.outbox.wake()
 
     async def _list(self) -> tuple[dict[int, Instance], bool]:
+        asked = self.clock.now()
+        listing = asyncio.create_task(self.vast.list_instances(), name="list-instances")
+        # A list call retries for up to a minute: an outage can hide inside one slow call. Past the
+        # alert time it counts as failing (and is said), whatever it answers in the end.
+        timer = asyncio.create_task(self.clock.sleep(self.alarms.vast_alert_after_s))
         try:
-            instances = {inst.id: inst for inst in await self.vast.list_instances()}
+            await asyncio.wait({listing, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if not listing.done():
+            self.alarms.vast_failed(f"Vast has not answered the instance list for "
+                                    f"{format_duration(self.clock.now() - asked)} (still retrying)", since=asked)
+        try:
+            instances = {inst.id: inst for inst in await listing}
         except VastError as exc:
             log.warning("instance list failed: %s", exc)
-            self.alarms.vast_failed(describe_vast_failure(exc))
+            self.alarms.vast_failed(describe_vast_failure(exc), since=asked)
             return {}, False
         self.alarms.vast_ok()
         self.last_list, self.last_list_at = instances, self.clock.now()

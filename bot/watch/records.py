@@ -15,6 +15,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.db.models import Rental, RentalState
 from bot.db.store import Store, StoreError
+from bot.durations import format_duration
 from bot.watch.events import EV_RECEIPT, EV_STATE, EventKind
 from bot.watch.outbox import EventOutbox
 from bot.watch.ssh import endpoint_for
@@ -32,9 +33,11 @@ STORE_RECOVERY_HOLD = 120.0
 class Alarms:
     """Alerts about the bot's own footing: the database and Vast. Each is said once, then its recovery."""
 
-    def __init__(self, outbox: EventOutbox, *, vast_alert_after: int = 3) -> None:
+    def __init__(self, outbox: EventOutbox, *, vast_alert_after: int = 3, vast_alert_after_s: float = 45.0) -> None:
         self.outbox = outbox
         self.vast_alert_after = vast_alert_after
+        self.vast_alert_after_s = vast_alert_after_s
+        self.vast_failing_since: float | None = None
         self.store_degraded: str | None = None
         self.store_ok_since: float | None = None
         self.vast_failures = 0
@@ -61,13 +64,24 @@ class Alarms:
             self.store_degraded = self.store_ok_since = None
             self.outbox.alert("✅ Database writable again: records and posts are catching up.")
 
-    def vast_failed(self, cause: str) -> None:
+    def vast_failed(self, cause: str, *, since: float | None = None) -> None:
+        """The instance list failed (the poll that asked began at ``since``).
+
+        Said once, after ``vast_alert_after`` polls or as long in time: a failing list retries for up
+        to a minute, so a long outage may span fewer polls than it should.
+        """
+        now = self.outbox.clock.now()
         self.vast_failures += 1
         self.vast_cause = cause
-        if self.vast_failures >= self.vast_alert_after and not self.vast_alerted:
+        if self.vast_failing_since is None:
+            self.vast_failing_since = now if since is None else min(since, now)
+        lasted = now - self.vast_failing_since
+        if (self.vast_failures >= self.vast_alert_after or lasted >= self.vast_alert_after_s) \
+                and not self.vast_alerted:
             self.vast_alerted = True
             self.outbox.alert(
-                f"🚨 Vast's instance list has failed {self.vast_failures} polls in a row: {cause}. Running "
+                f"🚨 Vast's instance list has failed {self.vast_failures} polls in a row "
+                f"({format_duration(lasted)}): {cause}. Running "
                 "rentals are not being watched; deadlines and the dollar cap are applied from the last "
                 "known state, and anything due is destroyed as soon as Vast answers. The bot keeps retrying.")
 
@@ -75,6 +89,7 @@ class Alarms:
         if self.vast_alerted:
             self.outbox.alert(f"✅ Vast answers again after {self.vast_failures} failed polls; watching resumed.")
         self.vast_failures, self.vast_alerted, self.vast_cause = 0, False, None
+        self.vast_failing_since = None
 
 
 class Recorder:

@@ -14,8 +14,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from tests.fakediscord import FakeDiscord
-from tests.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
+from tests.support.fakediscord import FakeDiscord
+from tests.support.fakediscord.ids import APP_ID, APPROVER_ROLE_ID, CHANNEL_ID, GUILD_ID, NOTIFY_CHANNEL_ID
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
