@@ -637,24 +637,9 @@ async def rental_log_tail(store: Any, rental: Any, lines: int) -> tuple[list[str
 
 
 def _event_line(ts: float, kind: str, p: dict[str, Any]) -> str:
-    from datetime import UTC, datetime
+    from bot.watch.logtail import event_line
 
-    from bot.watch.engine import EV_DECISION, EV_FINDING, EV_MILESTONE, EV_RECEIPT, EV_STATE
-
-    when = datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
-    if kind == EV_MILESTONE:
-        text = f"milestone {p.get('name')}" + (f" (log line {p['line']})" if p.get("line") else "")
-    elif kind == EV_FINDING:
-        text = f"{str(p.get('severity', '')).upper()} {p.get('category')}: {p.get('text')}"
-    elif kind == EV_STATE:
-        text = f"state {p.get('from')} -> {p.get('to')}: {p.get('reason') or ''}"
-    elif kind == EV_DECISION:
-        text = f"decision {p.get('action')}: {p.get('reason')}"
-    elif kind == EV_RECEIPT:
-        text = f"destroyed after {p.get('duration_s')}s, ${p.get('cost_usd')}: {p.get('reason')}"
-    else:
-        text = str(p.get("text") or p)
-    return f"{when} {text}"
+    return event_line(ts, kind, p)
 
 
 async def logs(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
